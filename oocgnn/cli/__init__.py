@@ -1,0 +1,1 @@
+"""Command-line interface: ``oocgnn prepare | train | eval | inspect | report``."""

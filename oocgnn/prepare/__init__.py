@@ -1,0 +1,1 @@
+"""Turning sources (OGB downloads, PyG datasets, synthetic graphs) into dataset stores."""

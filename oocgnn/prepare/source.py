@@ -1,0 +1,68 @@
+"""The contract between a dataset source and the store builder.
+
+A source streams one graph in its *original* node ids.  The builder
+(:mod:`oocgnn.prepare.pipeline`) never needs more than one block of anything in
+RAM: it consumes edges and features as iterators of blocks, builds the CSR out of
+core, partitions, reorders, and writes the store.  Each iterator may be called
+several times (a resumed build restarts a stage), so it must yield the same data
+each time.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Protocol
+
+import numpy as np
+
+
+@dataclass
+class SourceInfo:
+    """What the builder must know before streaming starts."""
+
+    name: str                      #: e.g. "ogbn-papers100M", "synthetic", "pyg:Planetoid/Cora"
+    num_nodes: int
+    num_features: int
+    num_classes: int
+    feature_dtype: str             #: dtype the source yields (the store may cast)
+    num_edges_hint: int = 0        #: directed edges the source will yield (for progress bars)
+    directed: bool = True          #: whether the source's edge list is directed
+    ogb_evaluator: str | None = None   #: name for ogb.nodeproppred.Evaluator, if any
+    split_note: str = ""           #: e.g. "public split", "seeded random split (seed 0)"
+    extra: dict[str, Any] = field(default_factory=dict)  #: recorded verbatim in the manifest
+
+
+class GraphSource(Protocol):
+    """Streams one graph.  All ids are original (source) node ids, int64."""
+
+    def info(self) -> SourceInfo:
+        """Counts and dtypes; cheap (reads headers only)."""
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Identity of the inputs (paths, sizes, mtimes, generator options).
+
+        Two builds with equal fingerprints (and equal builder options) must produce
+        identical stores; a resumed build checks it.
+        """
+
+    def iter_edges(self, block_edges: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield ``(src, dst)`` int64 arrays of at most ``block_edges`` edges each.
+
+        Raises :class:`oocgnn.errors.InputError` naming the file on a truncated or
+        corrupted input.  Out-of-range ids are checked by the builder.
+        """
+
+    def iter_features(self, block_rows: int) -> Iterator[np.ndarray]:
+        """Yield consecutive row blocks ``[b, F]`` of the features in original order."""
+
+    def labels(self) -> np.ndarray:
+        """[N] int64 labels, -1 where unlabelled (NaN / -1 in OGB files)."""
+
+    def splits(self) -> dict[str, np.ndarray]:
+        """``{"train": ids, "valid": ids, "test": ids}`` in original ids (int64)."""
+
+    def prepare_scratch(self, workdir: Path) -> None:
+        """Optional: derive inputs into ``workdir`` (e.g. MAG240M author features).
+
+        Called once before streaming; must be resumable (skip work already done).
+        """

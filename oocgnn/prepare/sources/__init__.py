@@ -1,0 +1,1 @@
+"""Graph sources: each streams one dataset's nodes, edges, features, labels and splits."""

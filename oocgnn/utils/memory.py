@@ -1,0 +1,129 @@
+"""Memory budget parsing and RSS accounting.
+
+One ``--memory-budget`` is split among sort buffers, staging rings and caches; the
+helpers here turn ``"12GB"`` into bytes, choose a default from the memory that is
+actually available, and track the peak resident set size we report per stage.
+"""
+from __future__ import annotations
+
+import re
+import resource
+import threading
+import time
+
+import psutil
+
+from oocgnn.errors import ConfigError
+
+_UNITS = {
+    "": 1, "b": 1,
+    "k": 10**3, "kb": 10**3, "kib": 2**10,
+    "m": 10**6, "mb": 10**6, "mib": 2**20,
+    "g": 10**9, "gb": 10**9, "gib": 2**30,
+    "t": 10**12, "tb": 10**12, "tib": 2**40,
+}
+
+#: Fraction of currently available RAM used when no budget is given.
+DEFAULT_BUDGET_FRACTION = 0.5
+
+
+def parse_size(text: str | int | float, flag: str = "--memory-budget") -> int:
+    """Parse a human size such as ``12GB``, ``512MiB`` or ``1e9`` into bytes.
+
+    >>> parse_size("1.5GiB")
+    1610612736
+    """
+    if isinstance(text, (int, float)):
+        if text <= 0:
+            raise ConfigError(f"{flag} must be positive, got {text}")
+        return int(text)
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
+    if not m or m.group(2).lower() not in _UNITS:
+        raise ConfigError(f"{flag}: cannot read size {text!r}; write e.g. 12GB, 512MiB or 2000000000")
+    value = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    if value <= 0:
+        raise ConfigError(f"{flag} must be positive, got {text!r}")
+    return value
+
+
+def format_size(num_bytes: float) -> str:
+    """Format bytes for humans (powers of 1000, as disks are sold)."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(num_bytes) < 1000 or unit == "TB":
+            return f"{num_bytes:.1f} {unit}" if unit != "B" else f"{int(num_bytes)} B"
+        num_bytes /= 1000
+    return f"{num_bytes:.1f} TB"
+
+
+def default_budget() -> int:
+    """Half of the RAM available right now: leaves room for the page cache."""
+    return int(psutil.virtual_memory().available * DEFAULT_BUDGET_FRACTION)
+
+
+def resolve_budget(value: str | int | None) -> int:
+    """Budget in bytes from a flag value, or the default when ``None``."""
+    return default_budget() if value in (None, "", "auto") else parse_size(value)
+
+
+def current_rss() -> int:
+    """Resident set size of this process, in bytes."""
+    return psutil.Process().memory_info().rss
+
+
+def lifetime_peak_rss() -> int:
+    """Peak RSS of this process since it started (kernel's ru_maxrss), in bytes."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class PeakRSSMonitor:
+    """Samples RSS in a daemon thread so a stage can report its own peak.
+
+    ``ru_maxrss`` only ever grows over the process lifetime, so it cannot tell the
+    peak of the *current* stage; sampling every ``interval`` seconds can.
+
+    >>> with PeakRSSMonitor() as mon:
+    ...     _ = bytearray(10)
+    >>> mon.peak > 0
+    True
+    """
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def sample(self) -> int:
+        rss = current_rss()
+        self.peak = max(self.peak, rss)
+        return rss
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def __enter__(self) -> "PeakRSSMonitor":
+        self.sample()
+        self._thread = threading.Thread(target=self._run, name="oocgnn-rss-monitor", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.sample()
+
+
+class Stopwatch:
+    """Accumulates wall time of a repeated activity (e.g. waiting on I/O)."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+
+    def __enter__(self) -> "Stopwatch":
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.total += time.perf_counter() - self._t0

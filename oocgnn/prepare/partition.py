@@ -1,0 +1,150 @@
+"""Graph partitioning, so each partition can become a contiguous id range.
+
+* ``metis`` (pymetis): best cuts, but needs the whole graph in RAM, roughly
+  :data:`METIS_BYTES_PER_ENTRY` per CSR entry (measured here: 3.2 GB for 1 M
+  nodes / 10 M edges).  Chosen by ``auto`` when that fits the memory budget.
+* ``ldg``: a blocked, vectorised *linear deterministic greedy* streaming
+  partitioner (Stanton & Kliot 2012): nodes arrive in blocks in id order, each
+  goes to the partition holding most of its already-placed neighbours, damped
+  by how full that partition is.  One pass over the memmapped CSR, RAM is one
+  ``[N]`` int32 array plus a block.  Chosen by ``auto`` for larger graphs.
+* ``range``: contiguous ranges of the original ids (keeps whatever locality the
+  source order has; instant).
+
+Every method reports the edge-cut fraction, so users see the quality they got.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from oocgnn.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+METIS_BYTES_PER_ENTRY = 320
+METHODS = ("auto", "metis", "ldg", "range")
+_LDG_BLOCK = 1 << 15
+_LDG_SLACK = 1.05
+_LDG_PASSES = 3
+
+
+@dataclass
+class PartitionResult:
+    part: np.ndarray            #: [N] int32 partition of every node (original ids)
+    method: str                 #: the method actually used
+    edge_cut_fraction: float    #: fraction of CSR entries whose endpoints lie in different partitions
+
+
+def default_num_partitions(num_nodes: int) -> int:
+    """About 10k nodes per partition for small graphs, ~200k for large ones; at least 1."""
+    if num_nodes <= 100_000:
+        return max(1, min(num_nodes // 100, max(1, num_nodes // 10_000) * 8 or 1))
+    return int(min(4096, max(8, num_nodes // 200_000)))
+
+
+def choose_method(method: str, num_nodes: int, num_entries: int, memory_budget: int) -> str:
+    if method not in METHODS:
+        raise ConfigError(f"--partitioner {method!r} is not one of {', '.join(METHODS)}")
+    if method != "auto":
+        return method
+    need = num_entries * METIS_BYTES_PER_ENTRY + num_nodes * 64
+    return "metis" if need <= memory_budget else "ldg"
+
+
+def _metis(indptr: np.ndarray, indices: np.ndarray, num_parts: int, seed: int) -> np.ndarray:
+    import pymetis
+
+    xadj = np.asarray(indptr, dtype=np.int64)
+    adjncy = np.asarray(indices, dtype=np.int64)
+    opts = pymetis.Options(seed=int(seed))
+    _, membership = pymetis.part_graph(num_parts, xadj=xadj, adjncy=adjncy, options=opts)
+    return np.asarray(membership, dtype=np.int32)
+
+
+def _ldg(indptr: np.ndarray, indices: np.ndarray, num_parts: int, progress: bool, passes: int = _LDG_PASSES) -> np.ndarray:
+    """Restreaming LDG (Nishimura & Ugander 2013): later passes score neighbours
+    not yet re-placed by their previous assignment, which cuts far fewer edges
+    than a single pass at the cost of one more sequential scan each."""
+    num_nodes = len(indptr) - 1
+    part = np.full(num_nodes, -1, dtype=np.int32)
+    for k in range(passes):
+        prev, part = part, np.full(num_nodes, -1, dtype=np.int32)
+        _ldg_pass(indptr, indices, num_parts, part, prev, progress, f"partition (ldg {k + 1}/{passes})")
+    return part
+
+
+def _ldg_pass(indptr: np.ndarray, indices: np.ndarray, num_parts: int, part: np.ndarray, prev: np.ndarray,
+              progress: bool, desc: str) -> None:
+    num_nodes = len(indptr) - 1
+    sizes = np.zeros(num_parts, dtype=np.int64)
+    cap = int(np.ceil(num_nodes / num_parts * _LDG_SLACK))
+    with tqdm(total=num_nodes, unit="node", unit_scale=True, desc=desc, disable=not progress) as bar:
+        step = int(min(_LDG_BLOCK, max(64, num_nodes // 512)))  # small blocks: later nodes see earlier placements
+        for s in range(0, num_nodes, step):
+            e = min(s + step, num_nodes)
+            b = e - s
+            ptr = np.asarray(indptr[s:e + 1])
+            cols = np.asarray(indices[ptr[0]:ptr[-1]])
+            rows = np.repeat(np.arange(b, dtype=np.int64), np.diff(ptr))
+            p = part[cols]
+            p = np.where(p >= 0, p, prev[cols])
+            placed = p >= 0
+            score = np.bincount(rows[placed] * num_parts + p[placed], minlength=b * num_parts)
+            score = score.reshape(b, num_parts).astype(np.float32)
+            score *= np.maximum(0.0, 1.0 - sizes / cap).astype(np.float32)
+            choice = score.argmax(axis=1).astype(np.int32)
+            best = score[np.arange(b), choice]
+            # nodes with no placed neighbours, and overflow, go to the emptiest partitions in turn
+            counts = np.bincount(choice[best > 0], minlength=num_parts)
+            room = np.maximum(cap - sizes, 0)
+            over = np.flatnonzero(counts > room)
+            loose = best <= 0
+            for q in over:
+                members = np.flatnonzero((choice == q) & ~loose)
+                weakest = members[np.argsort(best[members], kind="stable")][: counts[q] - room[q]]
+                loose[weakest] = True
+            if loose.any():
+                fill = sizes + np.bincount(choice[~loose], minlength=num_parts)
+                n_loose = int(loose.sum())
+                target = np.argsort(fill, kind="stable")
+                # water-fill: repeat the emptiest partitions so sizes level out
+                order = np.argsort(np.concatenate([fill[target] + k for k in range(int(np.ceil(n_loose / num_parts)) + 1)]), kind="stable")
+                slots = np.tile(target, int(np.ceil(n_loose / num_parts)) + 1)[order][:n_loose]
+                choice[loose] = slots
+            part[s:e] = choice
+            sizes += np.bincount(choice, minlength=num_parts)
+            bar.update(b)
+
+
+def edge_cut_fraction(indptr: np.ndarray, indices: np.ndarray, part: np.ndarray, block: int = 1 << 24) -> float:
+    """Fraction of CSR entries (u, v) with ``part[u] != part[v]``, streamed."""
+    from oocgnn.prepare.csr import iter_csr_edges
+
+    total = cut = 0
+    for rows, cols in iter_csr_edges(indptr, indices, block):
+        cut += int(np.count_nonzero(part[rows] != part[cols]))
+        total += rows.size
+    return cut / total if total else 0.0
+
+
+def partition_graph(indptr: np.ndarray, indices: np.ndarray, num_parts: int, method: str = "auto", *,
+                    memory_budget: int, seed: int = 0, progress: bool = True) -> PartitionResult:
+    """Partition a symmetric CSR (memmaps welcome) into ``num_parts`` parts."""
+    num_nodes = len(indptr) - 1
+    if num_parts < 1 or num_parts > max(1, num_nodes):
+        raise ConfigError(f"--partitions {num_parts} must be between 1 and the number of nodes ({num_nodes})")
+    used = choose_method(method, num_nodes, len(indices), memory_budget)
+    if num_parts == 1:
+        part = np.zeros(num_nodes, dtype=np.int32)
+    elif used == "metis":
+        log.info("partitioning %d nodes into %d parts with METIS", num_nodes, num_parts)
+        part = _metis(indptr, indices, num_parts, seed)
+    elif used == "ldg":
+        part = _ldg(indptr, indices, num_parts, progress)
+    else:
+        part = (np.arange(num_nodes, dtype=np.int64) * num_parts // max(num_nodes, 1)).astype(np.int32)
+    return PartitionResult(part=part, method=used, edge_cut_fraction=edge_cut_fraction(indptr, indices, part))

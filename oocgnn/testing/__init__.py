@@ -1,0 +1,1 @@
+"""Helpers for tests and benchmarks: in-memory sources, OGB-layout fixtures."""

@@ -61,7 +61,7 @@ def _metis(indptr: np.ndarray, indices: np.ndarray, num_parts: int, seed: int) -
     xadj = np.asarray(indptr, dtype=np.int64)
     adjncy = np.asarray(indices, dtype=np.int64)
     opts = pymetis.Options(seed=int(seed))
-    _, membership = pymetis.part_graph(num_parts, xadj=xadj, adjncy=adjncy, options=opts)
+    _, membership = pymetis.part_graph(num_parts, adjacency=pymetis.CSRAdjacency(xadj, adjncy), options=opts)
     return np.asarray(membership, dtype=np.int32)
 
 

@@ -37,8 +37,10 @@ log = logging.getLogger(__name__)
 EdgeBlocks = Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]
 
 #: Bytes of RAM one edge key needs while its bucket is sorted and de-duplicated
-#: (key + duplicate mask + compacted copy, with slack).
-_SORT_BYTES_PER_KEY = 24
+#: (key 8 + duplicate mask 1 + compacted copy 8, plus slack).
+_SORT_BYTES_PER_KEY = 20
+#: Keys decoded to (row, col) at a time after sorting.
+_DECODE_SLICE = 1 << 24
 
 
 @dataclass
@@ -168,12 +170,14 @@ def build_csr(edge_blocks: EdgeBlocks, num_nodes: int, out_indptr: Path, out_ind
                     np.not_equal(keys[1:], keys[:-1], out=keep[1:])
                     keys = keys[keep]
                     del keep
-                local_rows, cols = np.divmod(keys, num_nodes)
+                row_counts = np.zeros(int(bounds[b + 1] - bounds[b]), dtype=np.int64)
+                for s in range(0, keys.size, _DECODE_SLICE):  # slices: no full-size row/col copies
+                    local_rows, cols = np.divmod(keys[s:s + _DECODE_SLICE], num_nodes)
+                    row_counts += np.bincount(local_rows, minlength=row_counts.size)
+                    indices.append(cols)
                 del keys
-                row_counts = np.bincount(local_rows, minlength=int(bounds[b + 1] - bounds[b]))
                 indptr.append(offset + np.cumsum(row_counts, dtype=np.int64))
                 offset += int(row_counts.sum())
-                indices.append(cols)
                 bar.update(1)
         result = CSRResult(
             num_nodes=num_nodes, num_entries=offset, input_edges=stats["input_edges"],

@@ -105,7 +105,7 @@ def test_crash_then_resume_gives_identical_store(tmp_path, graph):
     with pytest.raises(StoreError, match="not a finished store"):
         open_dataset(tmp_path / "s")
     stages = sorted(p.stem for p in (tmp_path / "s" / fmt.WORK / "stages").glob("*.json"))
-    assert stages == ["csr", "csr_orig", "partition", "scratch"]
+    assert stages == ["csr", "csr_orig", "partition"]
     ds = prepare_store(ArraySource(*args), tmp_path / "s", opts, memory_budget=1 << 30, progress=False)
     assert ds.manifest["checksums"] == clean.manifest["checksums"]
     assert not (tmp_path / "s" / fmt.WORK).exists()

@@ -4,7 +4,8 @@ Stages (each leaves a marker in ``STORE/.work/stages`` when its outputs are
 complete, so a killed build re-run with the same command resumes after the last
 finished stage and produces an identical store):
 
-``scratch``   source-specific derivations (spills, MAG240M author features);
+``scratch``   source-specific derivations (spills, MAG240M author features), run on
+              every start because sources track their own done-markers;
 ``csr_orig``  symmetric CSR in original ids, out of core (for partitioning);
 ``partition`` METIS or streaming LDG; records the edge-cut fraction;
 ``csr``       final CSR in store ids (partitions are contiguous id ranges);
@@ -67,6 +68,13 @@ class _Stages:
     def done(self, name: str) -> dict[str, Any] | None:
         path = self.dir / f"{name}.json"
         return read_json(path) if path.exists() else None
+
+    @staticmethod
+    def timed(fn: Callable[[], Any]) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        with PeakRSSMonitor() as mon:
+            fn()
+        return {"time_s": round(time.perf_counter() - t0, 3), "peak_rss_bytes": mon.peak}
 
     def run(self, name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         info = self.done(name)
@@ -143,7 +151,9 @@ def prepare_store(source: GraphSource, out: str | Path, options: PrepareOptions 
     stages = _Stages(work)
     t_start = time.perf_counter()
 
-    stages.run("scratch", lambda: (source.prepare_scratch(work / "source"), {})[1])
+    # Always called, even when resuming: sources keep their own done-markers and
+    # need the call to locate their scratch files (spills, derived features).
+    stages.report["scratch"] = stages.timed(lambda: source.prepare_scratch(work / "source"))
     info = source.info()
     n, what = info.num_nodes, info.name
     if n < 1:

@@ -30,9 +30,12 @@ def _store(tmp_path, g, **kw):
     return make_store(tmp_path / "store", g["edge_index"], g["x"], g["y"], g["splits"], num_partitions=7, **kw)
 
 
-@pytest.mark.parametrize("budget", [1 << 30, 40_000])  # in-RAM paths / bucketed paths
-def test_store_matches_in_memory_reference(tmp_path, graph, budget):
-    ds = _store(tmp_path, graph, memory_budget=budget)
+@pytest.mark.parametrize("working", [1 << 30, 40_000])  # in-RAM paths / bucketed paths
+def test_store_matches_in_memory_reference(tmp_path, graph, working, monkeypatch):
+    import oocgnn.prepare.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "working_budget", lambda budget, n: working)
+    ds = _store(tmp_path, graph)
     n = 777
     ei = torch.tensor(graph["edge_index"])
     ei, _ = remove_self_loops(ei)
@@ -169,3 +172,10 @@ def test_truncated_features_are_reported(tmp_path, graph):
     with pytest.raises(InputError, match="only 772 of 777 feature rows"):
         prepare_store(src, tmp_path / "s", PrepareOptions(partitions=7), memory_budget=1 << 30, progress=False)
     assert not (tmp_path / "s" / fmt.FEATURES).exists()
+
+
+def test_budget_below_process_size_is_refused(tmp_path, graph):
+    from oocgnn.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--memory-budget .* is too small"):
+        _store(tmp_path, graph, memory_budget=10 << 20)

@@ -137,7 +137,7 @@ def build_csr(edge_blocks: EdgeBlocks, num_nodes: int, out_indptr: Path, out_ind
         with tqdm(total=edges_hint or None, unit="edge", unit_scale=True, desc="CSR 2/3 scatter", disable=not progress) as bar:
             for rows, cols in _entries(edge_blocks, num_nodes, symmetric, relabel, what, stats):
                 if num_buckets == 1:
-                    files[0].write((rows * num_nodes + cols).tobytes())
+                    files[0].write(memoryview(rows * num_nodes + cols))
                 else:
                     bucket = np.searchsorted(bounds, rows, side="right") - 1
                     order = np.argsort(bucket, kind="stable")
@@ -145,7 +145,7 @@ def build_csr(edge_blocks: EdgeBlocks, num_nodes: int, out_indptr: Path, out_ind
                     cuts = np.searchsorted(bucket, np.arange(num_buckets + 1))
                     for b in np.flatnonzero(np.diff(cuts)):
                         s, e = cuts[b], cuts[b + 1]
-                        files[b].write(((rows[s:e] - bounds[b]) * num_nodes + cols[s:e]).tobytes())
+                        files[b].write(memoryview((rows[s:e] - bounds[b]) * num_nodes + cols[s:e]))
                 bar.update(rows.size // factor)
     except OSError as exc:
         raise translate_os_error(exc, bucket_dir, "writing sort buckets in") from exc

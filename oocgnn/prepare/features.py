@@ -83,8 +83,8 @@ def _bucketed(blocks, inv_perm, writer: NpyWriter, workdir: Path, num_features: 
             cuts = np.searchsorted(bucket, np.arange(num_buckets + 1))
             for b in np.flatnonzero(np.diff(cuts)):
                 s, e = cuts[b], cuts[b + 1]
-                id_files[b].write(new[s:e].astype(np.int64).tobytes())
-                row_files[b].write(rows[s:e].tobytes())
+                id_files[b].write(memoryview(np.ascontiguousarray(new[s:e], dtype=np.int64)))
+                row_files[b].write(memoryview(rows[s:e]))
             bar.update(len(block))
     except OSError as exc:
         raise translate_os_error(exc, bdir, "writing feature buckets in") from exc

@@ -29,7 +29,7 @@ from typing import Any, Callable
 import numpy as np
 import zarr
 
-from oocgnn.errors import InputError, OutputExistsError
+from oocgnn.errors import ConfigError, InputError, OutputExistsError
 from oocgnn.prepare.csr import build_csr, iter_csr_edges
 from oocgnn.prepare.features import write_permuted_features
 from oocgnn.prepare.partition import default_num_partitions, partition_graph
@@ -38,7 +38,7 @@ from oocgnn.store import format as fmt
 from oocgnn.store.checksum import checksum_array
 from oocgnn.store.reader import Dataset, open_dataset
 from oocgnn.utils.atomic import atomic_write_json, read_json
-from oocgnn.utils.memory import PeakRSSMonitor, format_size
+from oocgnn.utils.memory import PeakRSSMonitor, current_rss, format_size
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,27 @@ class PrepareOptions:
 
     def result_affecting(self) -> dict[str, Any]:
         return asdict(self)
+
+
+#: RAM one streamed input edge costs while a block is validated, symmetrised and
+#: scattered (ids, reversed copies, bucket ids, argsort, keys).
+_BYTES_PER_BLOCK_EDGE = 256
+#: RAM per node held across stages: degree counts, perm and inverse perm (int64).
+_BYTES_PER_NODE = 24
+#: Smallest block/sort working space worth running with.
+_MIN_WORKING = 64 << 20
+
+
+def working_budget(memory_budget: int, num_nodes: int) -> int:
+    """What is left for block and sort buffers once the interpreter's own RSS and
+    the O(N) bookkeeping arrays are paid for; stages size their buffers from it so
+    the *process* stays under ``--memory-budget``."""
+    fixed = current_rss() + _BYTES_PER_NODE * num_nodes
+    if memory_budget < fixed + _MIN_WORKING:
+        raise ConfigError(
+            f"--memory-budget {format_size(memory_budget)} is too small for {num_nodes:,} nodes: the process and its "
+            f"per-node arrays already need {format_size(fixed)}; use at least {format_size(fixed + _MIN_WORKING)}")
+    return memory_budget - fixed
 
 
 class _Stages:
@@ -158,7 +179,8 @@ def prepare_store(source: GraphSource, out: str | Path, options: PrepareOptions 
     n, what = info.num_nodes, info.name
     if n < 1:
         raise InputError(f"{what}: the graph has no nodes")
-    block_edges = int(max(1 << 16, min(1 << 26, memory_budget // 64)))
+    memory_budget = working = working_budget(memory_budget, n)  # what stages may size buffers from
+    block_edges = int(max(1 << 16, min(1 << 26, working // _BYTES_PER_BLOCK_EDGE)))
 
     def source_edges():
         return source.iter_edges(block_edges)

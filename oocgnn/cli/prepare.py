@@ -60,6 +60,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--edges", type=int, required=True, help="number of directed edges to generate")
     q.add_argument("--features", type=int, default=64, help="feature width (default 64)")
     q.add_argument("--classes", type=int, default=10, help="number of classes (default 10)")
+    q.add_argument("--homophily", type=float, default=0.6,
+                   help="probability that an edge stays inside its community (default 0.6)")
+    q.add_argument("--communities", type=int, default=None, help="number of communities (default ~1 per 1000 nodes)")
+    q.add_argument("--power-law-exponent", type=float, default=2.3, help="degree power-law exponent (default 2.3)")
     _common(q)
 
     q = kinds.add_parser("pyg", help="a torch_geometric.datasets class taking (root, name), from local raw files")
@@ -82,7 +86,8 @@ def make_source(args: argparse.Namespace):
     if args.source == "synthetic":
         from oocgnn.prepare.sources.synthetic import SyntheticSource
         return SyntheticSource(num_nodes=args.nodes, num_edges=args.edges, num_features=args.features,
-                               num_classes=args.classes, seed=args.seed)
+                               num_classes=args.classes, seed=args.seed, communities=args.communities,
+                               homophily=args.homophily, power_law_exponent=args.power_law_exponent)
     from oocgnn.prepare.sources.pyg import PygSource
     return PygSource(args.class_name, args.name, args.root, split_seed=args.split_seed)
 

@@ -9,7 +9,7 @@ Assumptions, in order of importance:
 
 * The user's dataset folder is read-only to us.  PyG writes ``processed/`` next to
   ``raw/``, so :meth:`PygSource.prepare_scratch` copies the raw files into the build's
-  scratch folder (resumably: files already copied with the right size are kept) and
+  scratch folder (resumably: files already copied, same size and mtime, are kept) and
   PyG loads and processes *there*.  PyG never downloads: a missing raw file is an
   :class:`~oocgnn.errors.InputNotFoundError` naming the folder.
 * Where PyG expects the raw files is learnt from the dataset class itself: we
@@ -36,7 +36,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from oocgnn.errors import ConfigError, InputNotFoundError
+from oocgnn.errors import ConfigError, InputError, InputNotFoundError
 from oocgnn.prepare.source import SourceInfo
 
 log = logging.getLogger(__name__)
@@ -61,17 +61,18 @@ def _no_download(self: Any) -> None:
 
 
 def _copy_tree(src: Path, dst: Path) -> int:
-    """Copy files under ``src`` to ``dst``, skipping those already there with equal size."""
+    """Copy files under ``src`` to ``dst``, skipping those already there (same size and mtime)."""
     copied = 0
     for path in sorted(src.rglob("*")):
         if not path.is_file():
             continue
         target = dst / path.relative_to(src)
-        if target.is_file() and target.stat().st_size == path.stat().st_size:
+        st = path.stat()
+        if target.is_file() and (target.stat().st_size, target.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns):
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-        shutil.copyfile(path, tmp)
+        shutil.copy2(path, tmp)  # keeps the mtime, which the skip test above compares
         os.replace(tmp, target)
         copied += 1
     return copied
@@ -104,7 +105,9 @@ class PygSource:
         self._loaded: dict[str, Any] | None = None
 
     # -- locating and copying raw files ------------------------------------------
-    def _instantiate(self, root: Path) -> Any:
+    def _instantiate(self, root: Path, probe: bool = False) -> Any:
+        """Construct the PyG dataset at ``root``; while probing an empty folder, PyG's
+        rejections mean a bad name, afterwards they mean unreadable raw files."""
         chatter = io.StringIO()  # PyG prints "Processing..." to stderr; the CLI owns the terminal
         try:
             with contextlib.redirect_stderr(chatter):
@@ -112,20 +115,32 @@ class PygSource:
         except _RawProbe:
             raise
         except (AssertionError, ValueError, KeyError) as exc:
+            if not probe:
+                raise self._unreadable(exc) from exc
             raise ConfigError(
                 f"pyg: {self.class_name} has no dataset named {self.name!r} ({exc or 'rejected by PyG'}); "
                 f"check the name's spelling in the torch_geometric docs"
             ) from None
+        except Exception as exc:  # PyG's readers raise pickle, zip, numpy errors on bad files
+            if probe:
+                raise
+            raise self._unreadable(exc) from exc
         finally:
             if chatter.getvalue().strip():
                 log.debug("torch_geometric: %s", chatter.getvalue().strip())
+
+    def _unreadable(self, exc: BaseException) -> InputError:
+        return InputError(
+            f"pyg: cannot read the raw files of {self.class_name}/{self.name} copied from "
+            f"{self.raw_folder()} ({type(exc).__name__}: {exc}); replace them with a fresh download"
+        )
 
     def _raw_layout(self) -> tuple[Path, list[str]]:
         """(raw dir relative to the PyG root, raw file names), learnt from the class."""
         if self._layout is None:
             with tempfile.TemporaryDirectory(prefix="oocgnn-pyg-probe-") as tmp:
                 try:
-                    self._instantiate(Path(tmp))
+                    self._instantiate(Path(tmp), probe=True)
                 except _RawProbe as probe:
                     self._layout = (Path(probe.raw_dir).relative_to(tmp), probe.raw_file_names)
                 else:  # a class without raw files: nothing to copy
@@ -166,20 +181,23 @@ class PygSource:
             try:
                 dataset = self._instantiate(self._workdir)
             except _RawProbe:  # raw files vanished between copy and load
-                raise InputNotFoundError(f"pyg: raw files missing in {self._workdir}; re-run to copy them again") from None
+                raise InputNotFoundError(
+                    f"pyg: raw files missing in {self._workdir}; re-run to copy them again") from None
             self._loaded = self._convert(dataset)
         return self._loaded
 
     def _convert(self, dataset: Any) -> dict[str, Any]:
         what = f"pyg: {self.class_name}/{self.name}"
         if len(dataset) != 1:
-            raise ConfigError(f"{what} holds {len(dataset)} graphs; only single-graph node classification is supported")
+            raise ConfigError(
+                f"{what} holds {len(dataset)} graphs; only single-graph node classification is supported")
         data = dataset[0]
         if data.x is None or data.y is None:
             raise ConfigError(f"{what} has no node features or labels; only node classification is supported")
         y = data.y
         if y.dim() > 1 and y.size(-1) > 1 or y.is_floating_point():
-            raise ConfigError(f"{what} is multi-label or regression (y shape {tuple(y.shape)}); only single-label classification is supported")
+            raise ConfigError(f"{what} is multi-label or regression (y shape {tuple(y.shape)}); "
+                              f"only single-label node classification is supported")
         if y.numel() != data.num_nodes:
             raise ConfigError(f"{what}: labels are not per node; only node classification is supported")
         from torch_geometric.utils import is_undirected
@@ -204,7 +222,8 @@ class PygSource:
         }
 
     def _public_split(self, data: Any) -> tuple[dict[str, np.ndarray] | None, str]:
-        masks = {k: getattr(data, f"{m}_mask", None) for k, m in (("train", "train"), ("valid", "val"), ("test", "test"))}
+        pyg_names = {"train": "train_mask", "valid": "val_mask", "test": "test_mask"}
+        masks = {k: getattr(data, m, None) for k, m in pyg_names.items()}
         if any(m is None for m in masks.values()):
             return None, ""
         note = "public split"

@@ -32,15 +32,16 @@ and ``iter_edges(block)`` / ``iter_features(block)`` only re-slice them, so ever
 call yields identical data *whatever the block size*.  Per-node state is nil;
 memory is a few arrays of length ``C`` plus one piece and one block.
 
-Measured on the 2-core test box (one core, numpy 2.4; ``benchmark()`` below):
-about 9 M edges/s, and generating 20 M edges in 1 M-edge blocks grows RSS by
-~60 MB, so 1 B edges take about two minutes per core.  Features:
-~60 M float32 values/s.
+Measured on the shared 2-core test box (``benchmark()``, process CPU time, 50 M
+nodes): 5.7 M edges/s on one core (1 B edges ≈ 3 min), 50 M float32 feature
+values/s; generating 10 M edges in 1 M-edge blocks grew RSS by ~110 MB (one
+piece's temporaries), independent of the number of nodes.
 
-GNN vs MLP (20 k nodes, 200 k edges, 64 features, 8 classes, other options
-default, 60/20/20 split, full batch, 200 epochs, mean of 3 seeds): MLP test
-accuracy 0.53, 2-layer GCN 0.84 (see ``scripts`` in the issue notes / test
-docstring for the exact recipe).
+GNN vs MLP, defaults except size (20 k nodes, 200 k edges, 64 features, 8 classes;
+homophily 0.6 → measured class homophily 0.61, mean degree 18.7, max ~1 000),
+full batch, hidden 64, dropout 0.5, Adam 0.01, 200 epochs, test accuracy at best
+validation, seeds 0-2: MLP 0.54 ± 0.01, 2-layer GCN 0.955 ± 0.002.  With homophily 0.8 the GCN
+saturates (MLP 0.54, GCN 0.99); with 0.5 (10 k nodes, one seed) MLP 0.60, GCN 0.87.
 """
 from __future__ import annotations
 
@@ -111,7 +112,7 @@ def calibrate_noise(num_classes: int, target: float = TARGET_FEATURE_ACCURACY) -
     With ``x = e_y + σ z`` the classifier is right iff ``max_{c≠y} z_c - z_y < 1/σ``,
     so ``1/σ`` is the ``target`` quantile of that difference (fixed-seed Monte Carlo).
     """
-    n = max(2000, min(20000, 4_000_000 // num_classes))
+    n = max(500, min(20000, 4_000_000 // num_classes))
     z = _rng(0, _TAG_NOISE).standard_normal((n, num_classes))
     diff = z[:, 1:].max(axis=1) - z[:, 0]
     return float(1.0 / max(np.quantile(diff, target), 1e-3))

@@ -1,0 +1,128 @@
+"""``oocgnn train``: GAS training with on-disk histories and a prefetching loader.
+
+Precedence of options: built-in defaults < ``--config run.toml`` < flags.  The
+resolved config goes to ``RUN/config.toml``; per-epoch metrics to
+``RUN/metrics.jsonl``; the summary to ``RUN/summary.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from oocgnn.errors import RunDirError
+from oocgnn.store.reader import open_dataset
+from oocgnn.train.config import RunConfig, load_toml, merge
+from oocgnn.utils.memory import current_rss, format_size
+
+log = logging.getLogger(__name__)
+
+#: flag dest -> (config section, key)
+FLAG_MAP = {
+    "model": ("model", "name"), "layers": ("model", "layers"), "hidden": ("model", "hidden"),
+    "dropout": ("model", "dropout"), "batch_norm": ("model", "batch_norm"),
+    "lr": ("train", "lr"), "weight_decay": ("train", "weight_decay"), "epochs": ("train", "epochs"),
+    "parts_per_batch": ("train", "parts_per_batch"), "seed": ("train", "seed"),
+    "device": ("io", "device"), "io_threads": ("io", "io_threads"), "prefetch": ("io", "prefetch"),
+    "memory_budget": ("io", "memory_budget"), "history_dtype": ("io", "history_dtype"),
+    "staleness_bound": ("io", "staleness_bound"), "cache": ("io", "cache"), "cache_fraction": ("io", "cache_fraction"),
+    "in_memory": ("io", "in_memory"),
+    "eval_refresh": ("eval", "eval_refresh"), "eval_every": ("eval", "eval_every"),
+}
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a GNN on a prepared store (GAS, histories on disk)",
+                       description="Train a GNN with GNNAutoScale-style histories kept on disk in RUN/histories.")
+    p.add_argument("--data", required=True, type=Path, help="dataset store made by `oocgnn prepare`")
+    p.add_argument("--run-dir", required=True, type=Path, help="run directory (histories, metrics, summary, config)")
+    p.add_argument("--config", type=Path, help="TOML file with [model] [train] [io] [eval] sections; flags override it")
+    p.add_argument("--overwrite", action="store_true", help="start over in a run dir that already holds a run")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the per-epoch progress bar")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", choices=("gcn", "sage", "gat", "gcnii"), help="architecture (default gcn)")
+    g.add_argument("--layers", type=int, help="message-passing layers; layers-1 history tables (default 2)")
+    g.add_argument("--hidden", type=int, help="hidden width = history table width (default 64)")
+    g.add_argument("--dropout", type=float, help="dropout probability (default 0.5)")
+    g.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=None,
+                   help="batch norm after hidden layers (default off)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--lr", type=float, help="Adam learning rate (default 0.01)")
+    g.add_argument("--weight-decay", type=float, help="Adam weight decay (default 0)")
+    g.add_argument("--epochs", type=int, help="training epochs (default 100)")
+    g.add_argument("--parts-per-batch", type=int,
+                   help="partitions per mini-batch; batches per epoch = partitions / this (default 1)")
+    g.add_argument("--seed", type=int, help="seed of initialisation, dropout and the epoch plans (default 0)")
+    g = p.add_argument_group("I/O and memory")
+    g.add_argument("--device", help="cpu or cuda[:N] (default cpu)")
+    g.add_argument("--io-threads", type=int, help="threads gathering feature/history rows (default 4)")
+    g.add_argument("--prefetch", type=int, help="batches read ahead into the staging ring; 0 = synchronous (default 2)")
+    g.add_argument("--memory-budget",
+                   help="RAM for staging ring and caches, e.g. 12GB or 512MiB (default: half the available RAM)")
+    g.add_argument("--history-dtype", choices=("float16", "float32"),
+                   help="dtype of the on-disk history tables (default float32)")
+    g.add_argument("--staleness-bound", type=int,
+                   help="history pushes a prefetched halo row may miss; 0 = exact GAS semantics (default 0)")
+    g.add_argument("--cache", choices=("belady", "lru", "none"),
+                   help="hot feature-row cache eviction policy (default belady: uses the known epoch plan)")
+    g.add_argument("--cache-fraction", type=float, help="share of the memory budget for the row cache (default 0.25)")
+    g.add_argument("--in-memory", action=argparse.BooleanOptionalAction, default=None,
+                   help="load features and keep histories in RAM (baseline for benchmarks; default off)")
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--eval-refresh", action=argparse.BooleanOptionalAction, default=None,
+                   help="evaluation sweeps write the training histories (GAS behaviour, default) or, with "
+                        "--no-eval-refresh, scratch tables that leave training histories untouched")
+    g.add_argument("--eval-every", type=int, help="evaluate every N epochs (default 1)")
+    p.set_defaults(func=run)
+
+
+def resolve_config(args: argparse.Namespace) -> RunConfig:
+    base: dict[str, Any] = load_toml(args.config) if getattr(args, "config", None) else {}
+    overrides: dict[str, Any] = {"data": str(args.data), "run_dir": str(args.run_dir)}
+    for dest, (sec, key) in FLAG_MAP.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            overrides.setdefault(sec, {})[key] = value
+    return RunConfig.from_dict(merge(base, overrides))
+
+
+def tqdm_progress(enabled: bool):
+    def factory(epoch: int, total: int):
+        bar = tqdm(total=total, desc=f"epoch {epoch + 1}", unit="batch", disable=not enabled, leave=False)
+        t0 = time.perf_counter()
+
+        def on_batch(info: dict[str, Any]) -> None:
+            bar.update(1)
+            el = time.perf_counter() - t0
+            bar.set_postfix(loss=f"{info['loss']:.4f}", bps=f"{bar.n / max(el, 1e-9):.1f}",
+                            io_wait=f"{info['io_wait_s']:.1f}s", rss=format_size(current_rss()), refresh=False)
+        return on_batch, bar.close
+    return factory
+
+
+def run(args: argparse.Namespace) -> int:
+    from oocgnn.train.run import fit, make_trainer
+
+    cfg = resolve_config(args)
+    ds = open_dataset(args.data)
+    run_dir: Path = args.run_dir
+    if run_dir.exists() and (run_dir / "summary.json").exists() and not args.overwrite:
+        raise RunDirError(f"{run_dir} already holds a finished run; pass --overwrite or choose another --run-dir")
+    if args.overwrite and run_dir.exists():
+        import shutil
+
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    trainer = make_trainer(ds, cfg, run_dir)
+    try:
+        summary = fit(trainer, tqdm_progress(args.progress))
+    finally:
+        trainer.close()
+    log.info("best valid acc %.4f, test acc at best valid %.4f (epoch %d); %.1f s, peak RSS %s",
+             summary["best_valid_acc"], summary["test_acc_at_best_valid"], summary["best_epoch"],
+             summary["time_s"], format_size(summary["peak_rss_bytes"]))
+    return 0

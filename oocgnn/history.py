@@ -1,0 +1,295 @@
+"""Per-layer history tables that live on disk, and the push log that keeps reads exact.
+
+A GAS model with L layers keeps L-1 tables ``[N, H]``; table ``l`` holds layer
+``l``'s output for every node.  Here a table is a ``.npy`` memmap in
+``RUN/histories/`` (or an ordinary in-RAM array with the same interface, used as
+the differential oracle and by the in-RAM benchmark).  Pushes are slice writes of
+a batch's contiguous ranges; pulls gather halo rows.
+
+:class:`HistorySet` owns the tables, the per-row last-push step (``int64[N]`` per
+table: 8 bytes/row/table, the only O(N) state here), a write-behind thread, and a
+short log of recent pushes.  The log is what makes prefetching exact: a reader
+that gathered rows when ``landed_seq`` was ``s`` later re-reads exactly the rows
+that pushes ``> s`` touched, from the pending values if that push has not landed
+yet, else from the table (see :meth:`HistorySet.patch`).
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from oocgnn.batching import Ranges, ranges_to_ids
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float16": np.float16, "float32": np.float32}
+
+
+class HistoryTable:
+    """One ``[N, H]`` table: ``pull(ids, out)`` gathers, ``push(ranges, values)`` writes.
+
+    ``path=None`` keeps the table in RAM (same code path otherwise).
+    """
+
+    def __init__(self, num_nodes: int, channels: int, dtype: str = "float32", path: str | Path | None = None) -> None:
+        self.num_nodes, self.channels, self.dtype = int(num_nodes), int(channels), dtype
+        self.path = Path(path) if path is not None else None
+        npdt = DTYPES[dtype]
+        if self.path is None:
+            self.array = np.zeros((self.num_nodes, self.channels), dtype=npdt)
+        else:
+            shape = (self.num_nodes, self.channels)
+            if self.path.exists():
+                arr = np.load(self.path, mmap_mode="r+")
+                if arr.shape != shape or arr.dtype != npdt:
+                    raise ValueError(f"history table {self.path} has shape {arr.shape} {arr.dtype}, expected {shape} {dtype}")
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                arr = np.lib.format.open_memmap(self.path, mode="w+", dtype=npdt, shape=shape)
+            self.array = arr
+        self._t = torch.from_numpy(np.asarray(self.array).view(self.array.dtype))
+
+    @property
+    def row_bytes(self) -> int:
+        return self.channels * self.array.dtype.itemsize
+
+    def pull(self, ids: np.ndarray, out: torch.Tensor) -> torch.Tensor:
+        """Gather rows ``ids`` into ``out[:len(ids)]`` (float32) and return that view."""
+        n = len(ids)
+        dst = out[:n]
+        idx = torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64))
+        if self._t.dtype == dst.dtype:
+            torch.index_select(self._t, 0, idx, out=dst)
+        else:
+            dst.copy_(self._t.index_select(0, idx))
+        return dst
+
+    def read_ranges(self, ranges: Ranges, out: torch.Tensor) -> torch.Tensor:
+        """Sequential read of contiguous ranges into ``out`` (float32)."""
+        o = 0
+        for s, e in ranges:
+            out[o:o + e - s].copy_(self._t[s:e])
+            o += e - s
+        return out[:o]
+
+    def write(self, ranges: Ranges | None, ids: np.ndarray | None, values: np.ndarray) -> None:
+        """Write rows already converted to the table dtype (slice writes for ranges)."""
+        if ranges is not None:
+            o = 0
+            for s, e in ranges:
+                self.array[s:e] = values[o:o + e - s]
+                o += e - s
+        else:
+            self.array[ids] = values
+
+    def flush(self) -> None:
+        if isinstance(self.array, np.memmap):
+            self.array.flush()
+
+
+@dataclass
+class _Push:
+    seq: int
+    step: int
+    tables: list[int]
+    ranges: Ranges | None
+    ids: np.ndarray             #: sorted ids the push covers
+    starts: np.ndarray | None   #: range starts (sorted) when pushed by ranges
+    ends: np.ndarray | None
+    offsets: np.ndarray | None
+    values: list[np.ndarray] | None  #: in table dtype; dropped once landed
+
+    def locate(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(mask of ``rows`` this push covers, their positions in ``values``)."""
+        if self.starts is not None:
+            r = np.searchsorted(self.starts, rows, side="right") - 1
+            rc = np.maximum(r, 0)
+            hit = (r >= 0) & (rows < self.ends[rc])
+            return hit, (self.offsets[rc] + rows - self.starts[rc])[hit]
+        pos = np.searchsorted(self.ids, rows)
+        posc = np.minimum(pos, len(self.ids) - 1)
+        hit = (pos < len(self.ids)) & (self.ids[posc] == rows) if len(self.ids) else np.zeros(len(rows), bool)
+        return hit, posc[hit]
+
+
+class HistorySet:
+    """The L-1 tables of one run plus write-behind and read-after-write bookkeeping."""
+
+    def __init__(self, num_nodes: int, channels: list[int], dtype: str = "float32", directory: str | Path | None = None,
+                 prefix: str = "layer", max_pending: int = 4, log_len: int = 4096) -> None:
+        self.tables = [HistoryTable(num_nodes, c, dtype, None if directory is None else Path(directory) / f"{prefix}_{i}.npy")
+                       for i, c in enumerate(channels)]
+        self.last_step = [np.full(num_nodes, -1, dtype=np.int64) for _ in channels]
+        self.seq = 0            #: pushes enqueued so far
+        self.landed_seq = 0     #: every push with seq <= landed_seq is in the tables
+        self.bytes_written = 0
+        self._log: collections.deque[_Push] = collections.deque(maxlen=log_len)
+        self._pending: collections.deque[_Push] = collections.deque()
+        self._cv = threading.Condition()
+        self._max_pending = max_pending
+        self._writer: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._closing = False
+
+    def __len__(self) -> int:
+        return len(self.tables)
+
+    # ------------------------------------------------------------------ pushes
+    def push(self, values: list[torch.Tensor], step: int, ranges: Ranges | None = None, ids: np.ndarray | None = None,
+             tables: list[int] | None = None, sync: bool = False) -> int:
+        """Enqueue a push of ``values[k]`` to ``tables[k]`` (default: all) and return its seq.
+
+        ``ranges`` (partition-contiguous, sorted) or sorted ``ids`` say which rows.
+        The write lands in a background thread unless ``sync``.
+        """
+        tables = list(range(len(self.tables))) if tables is None else tables
+        conv = [v.detach().to("cpu", torch.float32).numpy().astype(self.tables[t].array.dtype, copy=True)
+                for v, t in zip(values, tables)]
+        if ranges is not None:
+            row_ids = ranges_to_ids(ranges)
+            starts = np.array([s for s, _ in ranges], np.int64)
+            ends = np.array([e for _, e in ranges], np.int64)
+            offsets = np.concatenate(([0], np.cumsum(ends - starts)[:-1])).astype(np.int64)
+        else:
+            row_ids = np.asarray(ids, dtype=np.int64)
+            starts = ends = offsets = None
+        for t in tables:
+            self.last_step[t][row_ids] = step
+        with self._cv:
+            self._raise_error()
+            self.seq += 1
+            p = _Push(self.seq, step, tables, ranges, row_ids, starts, ends, offsets, conv)
+            self._log.append(p)
+            if sync:
+                self.flush_locked()
+                self._land(p)
+                p.values = None
+                self.landed_seq = p.seq
+                return p.seq
+            while len(self._pending) >= self._max_pending:
+                self._cv.wait(0.1)
+                self._raise_error()
+            self._pending.append(p)
+            self._ensure_writer()
+            self._cv.notify_all()
+            return p.seq
+
+    def _land(self, p: _Push) -> None:
+        for t, v in zip(p.tables, p.values):
+            self.tables[t].write(p.ranges, p.ids if p.ranges is None else None, v)
+            self.bytes_written += v.nbytes
+
+    def _ensure_writer(self) -> None:
+        if self._writer is None:
+            self._closing = False
+            self._writer = threading.Thread(target=self._write_loop, name="oocgnn-history-writer", daemon=True)
+            self._writer.start()
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._pending and not self._closing:
+                    self._cv.wait()
+                if not self._pending:
+                    return
+                p = self._pending[0]
+            try:
+                self._land(p)
+            except BaseException as exc:  # surfaced in the trainer by _raise_error
+                with self._cv:
+                    self._error = exc
+                    self._cv.notify_all()
+                return
+            with self._cv:
+                self._pending.popleft()
+                p.values = None
+                self.landed_seq = p.seq
+                self._cv.notify_all()
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise RuntimeError("history writer thread failed") from self._error
+
+    def flush(self) -> None:
+        """Wait until every enqueued push has landed."""
+        with self._cv:
+            while self._pending:
+                self._raise_error()
+                self._cv.wait(0.1)
+            self._raise_error()
+            self.landed_seq = self.seq
+
+    def close(self) -> None:
+        self.flush()
+        with self._cv:
+            self._closing = True
+            self._cv.notify_all()
+        if self._writer is not None:
+            self._writer.join()
+            self._writer = None
+        for t in self.tables:
+            t.flush()
+
+    # ------------------------------------------------------------------ pulls
+    def snapshot_seq(self) -> int:
+        """Seq to record *before* gathering rows that :meth:`patch` will fix up later."""
+        with self._cv:
+            return self.landed_seq
+
+    def patch(self, table: int, ids: np.ndarray, out: torch.Tensor, snap_seq: int, bound: int = 0) -> dict[str, int]:
+        """Make rows gathered at ``snap_seq`` as fresh as the staleness bound asks.
+
+        Rows touched by pushes after ``snap_seq`` are re-read (pending values, else the
+        table), except that pushes among the last ``bound`` ones may be missed.
+        Returns counters of what was actually read.
+        """
+        stats = {"patched_pending": 0, "patched_table": 0, "stale_rows": 0}
+        if snap_seq >= self.seq or len(ids) == 0:
+            return stats
+        with self._cv:
+            entries = [p for p in self._log if p.seq > snap_seq and table in p.tables]
+            if self._log and self._log[0].seq > snap_seq + 1:
+                log.warning("push log too short for a prefetch snapshot; re-reading %d rows", len(ids))
+                self.flush_locked()
+                self.tables[table].pull(ids, out)
+                return stats
+            snapshot_values = [(p, None if p.values is None else p.values[p.tables.index(table)]) for p in entries]
+        need_table = np.zeros(len(ids), dtype=bool)
+        for p, vals in snapshot_values:
+            hit, pos = p.locate(ids)
+            if not hit.any():
+                continue
+            if p.seq > self.seq - bound:
+                stats["stale_rows"] += int(hit.sum())
+                continue
+            where = np.flatnonzero(hit)
+            if vals is not None:
+                out[torch.from_numpy(where)] = torch.from_numpy(vals[pos]).to(out.dtype)
+                need_table[where] = False
+                stats["patched_pending"] += len(where)
+            else:
+                need_table[where] = True
+        if need_table.any():
+            # rows whose latest relevant push has landed: read them from the table now
+            where = np.flatnonzero(need_table)
+            tmp = torch.empty(len(where), out.shape[1], dtype=out.dtype)
+            self.tables[table].pull(ids[where], tmp)
+            out[torch.from_numpy(where)] = tmp
+            stats["patched_table"] = len(where)
+        return stats
+
+    def flush_locked(self) -> None:
+        while self._pending:
+            self._cv.wait(0.1)
+            self._raise_error()
+
+    def age(self, table: int, ids: np.ndarray, step: int) -> np.ndarray:
+        """Steps since each row was last pushed (-1 = never written)."""
+        last = self.last_step[table][ids]
+        return np.where(last < 0, -1, step - last)

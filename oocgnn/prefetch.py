@@ -1,0 +1,285 @@
+"""Read-ahead of GAS batches into a fixed ring of staging buffers.
+
+The epoch plan is known before the epoch starts, so a coordinator thread builds
+batch ``t+1 .. t+k`` (CSR slices, feature rows of batch and halo, halo history
+rows) while the trainer computes batch ``t``.  Gathers are split over a pool of
+``io_threads`` threads because a memmap gather faults one page at a time.
+
+Buffers are preallocated once (first touch of new memory costs ~10x a refill) and
+sized from an upper bound on any batch (:func:`ring_rows_bound`).  On CUDA they are
+page-locked and copied with ``non_blocking=True`` on a side stream, the trainer
+waiting on an event; on CPU the very same code hands out the staging tensors.
+
+History rows gathered ahead may miss pushes that the batches in between make.
+Each prepared batch records the history's ``landed_seq`` before it gathered, and
+:meth:`Prefetcher.__iter__` calls :meth:`HistorySet.patch` before yielding: the
+result equals a synchronous read (``staleness_bound=0``) or misses at most the
+last ``s`` pushes, and the counters say which.
+"""
+from __future__ import annotations
+
+import logging
+import mmap
+import queue
+import threading
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from oocgnn.batch import SubgraphBatch
+from oocgnn.batching import Ranges, SubgraphStructure, build_subgraph
+from oocgnn.history import HistorySet, HistoryTable
+
+log = logging.getLogger(__name__)
+
+
+def as_tensor(array: np.ndarray) -> torch.Tensor:
+    """Zero-copy torch view of a (possibly read-only) memmap; we never write through it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.from_numpy(np.asarray(array))
+
+
+def advise_random(array: np.ndarray) -> None:
+    """MADV_RANDOM on a memmap: a row gather must not read ahead the whole file."""
+    mm = getattr(array, "_mmap", None)
+    if mm is not None and hasattr(mm, "madvise"):
+        mm.madvise(mmap.MADV_RANDOM)
+
+
+@dataclass
+class IOStats:
+    """What the loader actually read and how long the trainer waited for it."""
+
+    io_wait_s: float = 0.0
+    feature_bytes: int = 0
+    history_bytes: int = 0
+    csr_bytes: int = 0
+    halo_rows: int = 0
+    batch_rows: int = 0
+    patched_pending: int = 0
+    patched_table: int = 0
+    stale_rows: int = 0
+    batches: int = 0
+
+    def add(self, other: "IOStats") -> None:
+        for k in self.__dataclass_fields__:
+            setattr(self, k, getattr(self, k) + getattr(other, k))
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+class Slot:
+    """One staging buffer set: input rows, and halo rows for each history table."""
+
+    def __init__(self, max_rows: int, max_halo: int, width: int, hist_channels: list[int], pin: bool) -> None:
+        self.flat = torch.empty(max_rows * width, dtype=torch.float32, pin_memory=pin)
+        self.hist = [torch.empty(max_halo, c, dtype=torch.float32, pin_memory=pin) for c in hist_channels]
+        self.max_rows, self.width = max_rows, width
+
+    def x(self, rows: int, width: int) -> torch.Tensor:
+        return self.flat[: rows * width].view(rows, width)
+
+    @property
+    def nbytes(self) -> int:
+        return self.flat.numel() * 4 + sum(h.numel() * 4 for h in self.hist)
+
+
+@dataclass
+class Prepared:
+    sub: SubgraphStructure
+    slot: Slot
+    x: torch.Tensor
+    hist: list[torch.Tensor]
+    snap_seq: int
+    stats: IOStats = field(default_factory=IOStats)
+
+
+class BatchLoader:
+    """Builds one batch into a slot: subgraph structure, input rows, halo history rows.
+
+    ``x_source`` is the feature memmap (training, layer 0) or a history table
+    (evaluation sweeps); ``hist_tables`` are the tables whose halo rows the model
+    pulls (training) or ``[]`` (evaluation).
+    """
+
+    def __init__(self, indptr: np.ndarray, indices: np.ndarray, x_source: np.ndarray | HistoryTable,
+                 histories: HistorySet | None, hist_tables: list[int], pool: ThreadPoolExecutor | None,
+                 io_threads: int = 1, cache: object | None = None) -> None:
+        self.indptr, self.indices = indptr, indices
+        self.histories, self.hist_tables = histories, hist_tables
+        self.pool, self.io_threads, self.cache = pool, max(1, io_threads), cache
+        if isinstance(x_source, HistoryTable):
+            self.x_t, self.x_row_bytes = x_source._t, x_source.row_bytes
+        else:
+            self.x_t, self.x_row_bytes = as_tensor(x_source), x_source.shape[1] * x_source.dtype.itemsize
+        self.width = self.x_t.shape[1]
+
+    def _gather(self, src: torch.Tensor, ids: np.ndarray, out: torch.Tensor) -> None:
+        """``out[:] = src[ids]`` split into chunks over the I/O pool (float32 out)."""
+        n = len(ids)
+        if n == 0:
+            return
+        idx = torch.from_numpy(ids)
+
+        def run(a: int, b: int) -> None:
+            if src.dtype == out.dtype:
+                torch.index_select(src, 0, idx[a:b], out=out[a:b])
+            else:
+                out[a:b].copy_(src.index_select(0, idx[a:b]))
+
+        chunks = min(self.io_threads * 4, max(1, n // 256))
+        if self.pool is None or chunks <= 1:
+            run(0, n)
+            return
+        bounds = np.linspace(0, n, chunks + 1).astype(np.int64)
+        futs = [self.pool.submit(run, int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+        for f in futs:
+            f.result()
+
+    def load(self, ranges: Ranges, slot: Slot) -> Prepared:
+        sub = build_subgraph(self.indptr, self.indices, ranges)
+        B, n = sub.batch_size, len(sub.n_id)
+        st = IOStats(batch_rows=B, halo_rows=n - B, batches=1)
+        st.csr_bytes = (B + len(ranges)) * 8 + (int(sub.crow[-1]) - B) * self.indices.dtype.itemsize + (n - B) * 16
+        snap = self.histories.snapshot_seq() if self.histories is not None else 0
+        x = slot.x(n, self.width)
+        o = 0
+        for s, e in ranges:  # batch rows: sequential slices
+            x[o:o + e - s].copy_(self.x_t[s:e])
+            o += e - s
+        halo = sub.n_id[B:]
+        if self.cache is not None:
+            self.cache.gather(halo, x[B:], lambda ids, out: self._gather(self.x_t, ids, out))
+            st.feature_bytes = (B + self.cache.last_misses) * self.x_row_bytes
+        else:
+            self._gather(self.x_t, halo, x[B:])
+            st.feature_bytes = n * self.x_row_bytes
+        hist = []
+        for t in self.hist_tables:
+            table = self.histories.tables[t]
+            h = slot.hist[t][: n - B]
+            self._gather(table._t, halo, h)
+            st.history_bytes += (n - B) * table.row_bytes
+            hist.append(h)
+        return Prepared(sub, slot, x, hist, snap, st)
+
+
+class Prefetcher:
+    """Iterate a plan of batches, reading ``depth`` batches ahead (0 = synchronous).
+
+    Yields :class:`SubgraphBatch` objects whose tensors live in ring slots: a batch
+    is valid until the next one is requested.  ``close()`` joins the coordinator;
+    a worker exception is re-raised in the iterating thread.
+    """
+
+    def __init__(self, loader: BatchLoader, plan: list[Ranges], slots: list[Slot], depth: int,
+                 labels: np.ndarray, train_mask: np.ndarray, device: torch.device, staleness_bound: int = 0,
+                 step_fn=None) -> None:
+        assert len(slots) >= depth + 1, "ring needs depth + 1 slots"
+        self.loader, self.plan, self.slots, self.depth = loader, plan, slots, depth
+        self.labels, self.train_mask, self.device = labels, train_mask, device
+        self.bound = staleness_bound
+        self.step_fn = step_fn or (lambda: 0)
+        self.stats = IOStats()
+        self._ready: queue.Queue = queue.Queue()
+        self._free: queue.Queue = queue.Queue()
+        for s in slots[: depth + 1]:
+            self._free.put(s)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._stream = torch.cuda.Stream() if device.type == "cuda" else None
+        self._event = None
+
+    def _run(self) -> None:
+        try:
+            for ranges in self.plan:
+                slot = None
+                while slot is None:
+                    if self._stop.is_set():
+                        return
+                    try:
+                        slot = self._free.get(timeout=0.1)
+                    except queue.Empty:
+                        pass
+                self._ready.put(self.loader.load(ranges, slot))
+        except BaseException as exc:
+            self._ready.put(exc)
+
+    def _next_prepared(self, i: int) -> Prepared:
+        if self.depth == 0:
+            return self.loader.load(self.plan[i], self._free.get())
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="oocgnn-prefetch", daemon=True)
+            self._thread.start()
+        item = self._ready.get()
+        if isinstance(item, BaseException):
+            raise RuntimeError("prefetch worker failed") from item
+        return item
+
+    def __iter__(self) -> Iterator[SubgraphBatch]:
+        prev: Slot | None = None
+        try:
+            for i in range(len(self.plan)):
+                if prev is not None:
+                    if self._event is not None:
+                        self._event.synchronize()  # the device copy out of this slot is done
+                    self._free.put(prev)
+                t0 = time.perf_counter()
+                prep = self._next_prepared(i)
+                st = prep.stats
+                if self.loader.histories is not None:
+                    for t, h in zip(self.loader.hist_tables, prep.hist):
+                        r = self.loader.histories.patch(t, prep.sub.n_id[prep.sub.batch_size:], h, prep.snap_seq, self.bound)
+                        st.patched_pending += r["patched_pending"]
+                        st.patched_table += r["patched_table"]
+                        st.stale_rows += r["stale_rows"]
+                st.io_wait_s = time.perf_counter() - t0
+                self.stats.add(st)
+                prev = prep.slot
+                yield self._to_batch(prep)
+        finally:
+            self.close()
+
+    def _to_batch(self, prep: Prepared) -> SubgraphBatch:
+        sub = prep.sub
+        B = sub.batch_size
+        rows = sub.n_id[:B]
+        cpu = dict(x=prep.x, adj_t=sub.adj_t(), edge_index=torch.from_numpy(sub.edge_index),
+                   deg=torch.from_numpy(sub.deg), y=torch.from_numpy(self.labels[rows].astype(np.int64)),
+                   train_mask=torch.from_numpy(self.train_mask[rows]))
+        hist = list(prep.hist)
+        step = self.step_fn()
+        ages = [torch.from_numpy(self.loader.histories.age(t, sub.n_id[B:], step)) for t in self.loader.hist_tables] \
+            if self.loader.histories is not None else []
+        if self._stream is not None:  # CUDA: async copies from page-locked slots on a side stream
+            with torch.cuda.stream(self._stream):
+                cpu = {k: v.to(self.device, non_blocking=True) for k, v in cpu.items()}
+                hist = [h.to(self.device, non_blocking=True) for h in hist]
+                ev = torch.cuda.Event()
+                ev.record(self._stream)
+            torch.cuda.current_stream().wait_event(ev)
+            self._event = ev
+        return SubgraphBatch(n_id=sub.n_id, batch_size=B, ranges=sub.ranges, halo_hist=hist, hist_age=ages, **cpu)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+
+def ring_rows_bound(partition_ptr: np.ndarray, halo_sizes: np.ndarray, parts_per_batch: int) -> tuple[int, int]:
+    """(max rows, max halo) over *any* group of ``parts_per_batch`` partitions."""
+    sizes = np.diff(partition_ptr)
+    k = min(parts_per_batch, len(sizes))
+    rows = int(np.sort(sizes + halo_sizes)[::-1][:k].sum())
+    halo = int(np.sort(halo_sizes)[::-1][:k].sum())
+    n = int(partition_ptr[-1])
+    return min(rows, n), min(halo, n)

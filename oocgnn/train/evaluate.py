@@ -1,0 +1,121 @@
+"""Exact full-graph inference through the histories, layer by layer, and accuracy.
+
+Sweep ``l`` runs layer ``l`` on every batch (fixed partition order), reading its
+inputs for batch and halo rows from table ``l-1`` (features for ``l = 0``) and
+writing table ``l``; every row of table ``l-1`` was written with the current
+parameters by sweep ``l-1``, so the final logits equal a full-batch forward.
+
+``refresh=True`` sweeps into the training tables (GAS does this each epoch, which
+leaves every history fresh).  ``refresh=False`` sweeps into scratch tables
+``RUN/histories/eval_*`` so the training histories, and their last-push steps,
+stay exactly as training left them.  Only predictions (``int64[N]``) are kept,
+never ``[N, C]`` logits.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from oocgnn.batching import fixed_plan, group_ranges
+from oocgnn.history import HistorySet
+from oocgnn.prefetch import BatchLoader
+
+log = logging.getLogger(__name__)
+
+
+def _scratch(trainer: Any) -> HistorySet:
+    hs = getattr(trainer, "_eval_scratch", None)
+    if hs is None:
+        in_mem = trainer.cfg.io.in_memory or trainer.run_dir is None
+        directory = None if in_mem else trainer.run_dir / "histories"
+        hs = HistorySet(trainer.ds.num_nodes, list(trainer.model.history_channels), trainer.cfg.io.history_dtype,
+                        directory, prefix="eval")
+        trainer._eval_scratch = hs
+    return hs
+
+
+@torch.inference_mode()
+def layerwise_inference(trainer: Any, refresh: bool = True, logits_out: torch.Tensor | None = None) -> np.ndarray:
+    """Predicted class of every node (store order) by layer-wise sweeps.
+
+    ``logits_out`` ([N, C], small graphs and tests only) also receives the logits.
+    """
+    model = trainer.model
+    model.eval()
+    trainer.histories.flush()
+    target = trainer.histories if refresh else _scratch(trainer)
+    plan = [group_ranges(trainer.partition_ptr, g)
+            for g in fixed_plan(len(trainer.partition_ptr) - 1, trainer.cfg.train.parts_per_batch)]
+    preds = np.full(trainer.ds.num_nodes, -1, dtype=np.int64)
+    num_layers = model.num_inference_layers
+    feat_every = bool(getattr(model, "needs_features_every_layer", False))
+    xbuf = None
+    step = trainer.state.global_step
+    for layer in range(num_layers):
+        from_features = layer == 0 or feat_every
+        src = trainer.features if from_features else target.tables[layer - 1]
+        loader = BatchLoader(trainer.indptr, trainer.indices, src, None, [], trainer.pool, trainer.cfg.io.io_threads)
+        for batch in trainer.prefetcher(plan, loader):
+            x_all = batch.x
+            if layer > 0 and feat_every:
+                n = len(batch.n_id)
+                table = target.tables[layer - 1]
+                if xbuf is None or xbuf.shape[0] < n or xbuf.shape[1] != table.channels:
+                    xbuf = torch.empty(max(n, trainer.max_rows), table.channels)
+                x_all = table.pull(batch.n_id, xbuf).to(trainer.device)
+            out = model.forward_layer(layer, x_all, batch)
+            if layer < num_layers - 1:
+                target.push([out], step=step, ranges=batch.ranges, tables=[layer])
+            else:
+                rows = batch.n_id[: batch.batch_size]
+                preds[rows] = out.argmax(dim=-1).cpu().numpy()
+                if logits_out is not None:
+                    logits_out[torch.from_numpy(rows)] = out.cpu()
+        target.flush()
+    return preds
+
+
+def accuracy(ds: Any, preds: np.ndarray, labels: np.ndarray, split: str) -> float:
+    """Accuracy on ``split`` (OGB's Evaluator when the store came from OGB)."""
+    if split not in ds.split_names:
+        return float("nan")
+    ids = ds.split(split)
+    ids = ids[labels[ids] >= 0]
+    if len(ids) == 0:
+        return float("nan")
+    if ds.evaluator_name:
+        os.environ.setdefault("OUTDATED_IGNORE", "1")
+        from ogb.nodeproppred import Evaluator
+
+        res = Evaluator(ds.evaluator_name).eval({"y_true": labels[ids].reshape(-1, 1),
+                                                 "y_pred": preds[ids].reshape(-1, 1)})
+        return float(res["acc"])
+    return float((preds[ids] == labels[ids]).mean())
+
+
+def evaluate(trainer: Any, refresh: bool = True) -> tuple[dict[str, float], np.ndarray]:
+    """Train/valid/test accuracy of the current model, plus the predictions."""
+    log.info("evaluation: layer-wise inference (%s)",
+             "refreshing training histories" if refresh else "scratch tables, training histories untouched")
+    preds = layerwise_inference(trainer, refresh)
+    accs = {f"{s}_acc": accuracy(trainer.ds, preds, trainer.labels, s) for s in ("train", "valid", "test")}
+    return accs, preds
+
+
+def export_predictions(ds: Any, preds: np.ndarray, path: str | Path) -> None:
+    """Write predictions indexed by *original* node id (``perm`` undone), atomically."""
+    perm = np.asarray(ds.perm, dtype=np.int64)
+    out = np.full(len(preds), -1, dtype=np.int64)
+    out[perm] = preds
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        np.save(f, out)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,53 @@
+"""Run metrics: one JSON line per epoch in ``RUN/metrics.jsonl`` and ``RUN/summary.json``.
+
+Lines are appended and fsynced so a killed run keeps every finished epoch; the
+summary is written atomically at the end.  Keys (per epoch): ``epoch, step, loss,
+train_acc, valid_acc, test_acc, epoch_time_s, io_wait_s, io_wait_fraction,
+bytes_read, bytes_written, peak_rss_bytes`` plus read-path counters (halo rows,
+rows patched from pending pushes / the table, rows read stale within the bound,
+mean age of pulled history rows) and cache counters.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from oocgnn.utils.atomic import atomic_write_json
+
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if hasattr(v, "item"):
+        return v.item()
+    return v
+
+
+class MetricsLog:
+    """Appends epoch records to ``RUN/metrics.jsonl``."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.path = Path(run_dir) / METRICS
+
+    def append(self, record: dict[str, Any]) -> None:
+        line = json.dumps({k: _clean(v) for k, v in record.items()}, sort_keys=True) + "\n"
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        with open(self.path, encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+
+def write_summary(run_dir: str | Path, summary: dict[str, Any]) -> None:
+    atomic_write_json(Path(run_dir) / SUMMARY, {k: _clean(v) for k, v in summary.items()})

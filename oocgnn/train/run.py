@@ -1,0 +1,105 @@
+"""A whole training run: epochs, evaluation, best-valid model, metrics and summary.
+
+Files in ``RUN/``: ``config.toml`` (resolved), ``histories/`` (tables),
+``metrics.jsonl`` (one line per epoch), ``best_model.pt`` (state of the best-valid
+model), ``predictions.npy`` (its predictions by original node id), and
+``summary.json`` at the end.  Progress is reported through callbacks so the
+library never writes to the terminal.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from oocgnn.train.config import RunConfig, save_config
+from oocgnn.train.evaluate import evaluate, export_predictions
+from oocgnn.train.loop import Trainer
+from oocgnn.train.metrics import MetricsLog, write_summary
+from oocgnn.utils.memory import PeakRSSMonitor, current_rss
+
+log = logging.getLogger(__name__)
+
+CONFIG = "config.toml"
+BEST_MODEL = "best_model.pt"
+PREDICTIONS = "predictions.npy"
+
+#: ``progress(epoch, num_batches)`` returns a per-batch callback and a closer.
+ProgressFactory = Callable[[int, int], tuple[Callable[[dict[str, Any]], None], Callable[[], None]]]
+
+
+def save_torch(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def fit(trainer: Trainer, progress: ProgressFactory | None = None) -> dict[str, Any]:
+    """Train ``cfg.train.epochs`` epochs, evaluating every ``eval_every``; returns the summary."""
+    cfg = trainer.cfg
+    run_dir = trainer.run_dir
+    metrics = MetricsLog(run_dir) if run_dir is not None else None
+    if run_dir is not None:
+        save_config(cfg, run_dir / CONFIG)
+    log.info("eval refresh: %s", "on (evaluation sweeps refresh the training histories)" if cfg.eval.eval_refresh
+             else "off (evaluation uses scratch tables)")
+    t_start = time.perf_counter()
+    records = []
+    with PeakRSSMonitor() as rss:
+        while trainer.state.epoch < cfg.train.epochs:
+            epoch = trainer.state.epoch
+            cb, close = progress(epoch, len(trainer.plan(epoch))) if progress else (None, lambda: None)
+            try:
+                rec = trainer.train_epoch(cb)
+            finally:
+                close()
+            if trainer.state.epoch % cfg.eval.eval_every == 0 or trainer.state.epoch == cfg.train.epochs:
+                t_eval = time.perf_counter()
+                accs, preds = evaluate(trainer, refresh=cfg.eval.eval_refresh)
+                rec.update(accs)
+                rec["eval_time_s"] = time.perf_counter() - t_eval
+                if accs["valid_acc"] > trainer.state.best_valid_acc:
+                    trainer.state.best_valid_acc = accs["valid_acc"]
+                    trainer.state.best_epoch = trainer.state.epoch
+                    trainer.state.test_acc_at_best_valid = accs["test_acc"]
+                    trainer.best_model_state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+                    if run_dir is not None:
+                        save_torch(trainer.best_model_state, run_dir / BEST_MODEL)
+                        export_predictions(trainer.ds, preds, run_dir / PREDICTIONS)
+            rss.sample()
+            rec["rss_bytes"] = current_rss()
+            rec["peak_rss_bytes"] = rss.peak
+            rec["eval_refresh"] = cfg.eval.eval_refresh
+            records.append(rec)
+            if metrics is not None:
+                metrics.append(rec)
+            log.debug("epoch %d: %s", rec["epoch"], rec)
+    summary = {
+        "best_valid_acc": trainer.state.best_valid_acc, "test_acc_at_best_valid": trainer.state.test_acc_at_best_valid,
+        "best_epoch": trainer.state.best_epoch, "epochs": trainer.state.epoch, "steps": trainer.state.global_step,
+        "time_s": time.perf_counter() - t_start, "peak_rss_bytes": rss.peak, "memory_budget_bytes": trainer.budget,
+        "staging_ring_bytes": trainer.ring_bytes, "eval_refresh": cfg.eval.eval_refresh,
+        "io_wait_s": sum(r["io_wait_s"] for r in records),
+        "train_time_s": sum(r["epoch_time_s"] for r in records),
+        "store_checksum": getattr(trainer.ds, "checksum", None),
+    }
+    if run_dir is not None:
+        write_summary(run_dir, summary)
+    return summary
+
+
+def make_trainer(ds: Any, cfg: RunConfig, run_dir: Path | None) -> Trainer:
+    """Trainer plus the hot-row cache when the budget leaves room for it."""
+    trainer = Trainer(ds, cfg, run_dir)
+    if cfg.io.cache != "none" and cfg.io.cache_fraction > 0:
+        from oocgnn.cache import attach_feature_cache
+
+        attach_feature_cache(trainer)
+    return trainer

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from oocgnn.batching import Ranges, ranges_to_ids
+from oocgnn.errors import OocgnnError
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,9 @@ class HistorySet:
         self._writer: threading.Thread | None = None
         self._error: BaseException | None = None
         self._closing = False
+        #: undo journal of first overwrites since the last checkpoint, set by
+        #: oocgnn.checkpoint.RunSession; called around every land, on the writer thread
+        self.journal = None
 
     def __len__(self) -> int:
         return len(self.tables)
@@ -181,9 +185,13 @@ class HistorySet:
             return p.seq
 
     def _land(self, p: _Push) -> None:
+        if self.journal is not None:
+            self.journal.before_land(p.tables, p.ids)
         for t, v in zip(p.tables, p.values):
             self.tables[t].write(p.ranges, p.ids if p.ranges is None else None, v)
             self.bytes_written += v.nbytes
+        if self.journal is not None:
+            self.journal.after_land(p.tables, p.ids, p.step)
 
     def _ensure_writer(self) -> None:
         if self._writer is None:
@@ -214,6 +222,8 @@ class HistorySet:
 
     def _raise_error(self) -> None:
         if self._error is not None:
+            if isinstance(self._error, OocgnnError):  # e.g. DiskFullError from the journal: one line
+                raise self._error
             raise RuntimeError("history writer thread failed") from self._error
 
     def flush(self) -> None:

@@ -72,6 +72,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--cache-fraction", type=float, help="share of the memory budget for the row cache (default 0.25)")
     g.add_argument("--in-memory", action=argparse.BooleanOptionalAction, default=None,
                    help="load features and keep histories in RAM (baseline for benchmarks; default off)")
+    g = p.add_argument_group("checkpoints and resume (re-running the same command resumes)")
+    g.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
+                   help="also checkpoint every N optimizer steps (default 0: only epoch ends and the time interval)")
+    g.add_argument("--checkpoint-interval", type=float, default=1800.0, metavar="SECONDS",
+                   help="also checkpoint when this much time passed since the last one; 0 = off (default 1800)")
+    g.add_argument("--keep-checkpoints", type=int, default=2, metavar="K",
+                   help="complete checkpoints kept in RUN/checkpoints, >= 2 (default 2)")
+    g.add_argument("--no-checkpoints", dest="checkpoints", action="store_false",
+                   help="no checkpoints, no history journal, no resume (benchmarks)")
+    g.add_argument("--deterministic", action="store_true",
+                   help="deterministic kernels so a resumed run is bitwise identical to an uninterrupted one")
     g = p.add_argument_group("evaluation")
     g.add_argument("--eval-refresh", action=argparse.BooleanOptionalAction, default=None,
                    help="evaluation sweeps write the training histories (GAS behaviour, default) or, with "
@@ -117,11 +128,24 @@ def run(args: argparse.Namespace) -> int:
 
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    from oocgnn.checkpoint import CheckpointOptions, Preempted, RunSession
+
+    session = RunSession(run_dir, CheckpointOptions(
+        every_steps=args.checkpoint_every, interval_s=args.checkpoint_interval, keep=args.keep_checkpoints,
+        enabled=args.checkpoints, deterministic=args.deterministic))
+    session.prepare(cfg, ds)
     trainer = make_trainer(ds, cfg, run_dir)
     try:
-        summary = fit(trainer, tqdm_progress(args.progress))
+        session.attach(trainer)
+        summary = fit(trainer, tqdm_progress(args.progress), session)
+    except Preempted as exc:
+        log.warning("%s", exc)
+        return exc.exit_code
     finally:
-        trainer.close()
+        try:
+            trainer.close()
+        finally:
+            session.close()
     log.info("best valid acc %.4f, test acc at best valid %.4f (epoch %d); %.1f s, peak RSS %s",
              summary["best_valid_acc"], summary["test_acc_at_best_valid"], summary["best_epoch"],
              summary["time_s"], format_size(summary["peak_rss_bytes"]))

@@ -41,9 +41,14 @@ def save_torch(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def fit(trainer: Trainer, progress: ProgressFactory | None = None) -> dict[str, Any]:
-    """Train ``cfg.train.epochs`` epochs, evaluating every ``eval_every``; returns the summary."""
+def fit(trainer: Trainer, progress: ProgressFactory | None = None, session: Any = None) -> dict[str, Any]:
+    """Train ``cfg.train.epochs`` epochs, evaluating every ``eval_every``; returns the summary.
+
+    ``session`` (an :class:`oocgnn.checkpoint.RunSession`, already attached) gets
+    the step/epoch boundary hooks: checkpoints, stop on SIGTERM, final model.
+    """
     cfg = trainer.cfg
+    preds = None
     run_dir = trainer.run_dir
     metrics = MetricsLog(run_dir) if run_dir is not None else None
     if run_dir is not None:
@@ -56,6 +61,8 @@ def fit(trainer: Trainer, progress: ProgressFactory | None = None) -> dict[str, 
         while trainer.state.epoch < cfg.train.epochs:
             epoch = trainer.state.epoch
             cb, close = progress(epoch, len(trainer.plan(epoch))) if progress else (None, lambda: None)
+            if session is not None:
+                cb = _with_step_hook(cb, session, trainer)
             try:
                 rec = trainer.train_epoch(cb)
             finally:
@@ -81,6 +88,10 @@ def fit(trainer: Trainer, progress: ProgressFactory | None = None) -> dict[str, 
             if metrics is not None:
                 metrics.append(rec)
             log.debug("epoch %d: %s", rec["epoch"], rec)
+            if session is not None:
+                session.after_epoch(trainer)
+    if session is not None:
+        session.finish(trainer, preds)
     summary = {
         "best_valid_acc": trainer.state.best_valid_acc, "test_acc_at_best_valid": trainer.state.test_acc_at_best_valid,
         "best_epoch": trainer.state.best_epoch, "epochs": trainer.state.epoch, "steps": trainer.state.global_step,
@@ -93,6 +104,14 @@ def fit(trainer: Trainer, progress: ProgressFactory | None = None) -> dict[str, 
     if run_dir is not None:
         write_summary(run_dir, summary)
     return summary
+
+
+def _with_step_hook(cb: Callable[[dict[str, Any]], None] | None, session: Any, trainer: Trainer):
+    def on_batch(info: dict[str, Any]) -> None:
+        if cb is not None:
+            cb(info)
+        session.after_step(trainer)
+    return on_batch
 
 
 def make_trainer(ds: Any, cfg: RunConfig, run_dir: Path | None) -> Trainer:

@@ -1,0 +1,174 @@
+"""The staleness controller: what the trainer calls, at a handful of hooks.
+
+The trainer owns batches, histories and the optimizer; this object owns every
+staleness decision so the loop stays GAS-shaped:
+
+* :meth:`plan_epoch` - the epoch's actions (train / forward-only refresh), simulated
+  from the trainer state, so the prefetcher reads refresh batches ahead too;
+* :meth:`advance` - update ``TrainState`` (position, refresh cursor, refreshes owed)
+  after an action ran; these fields are what resume needs;
+* :meth:`before_train` / :meth:`extra_loss` / :meth:`after_backward` /
+  :meth:`before_push` / :meth:`after_train` / :meth:`after_refresh` - metrics,
+  VISAGNN's gradient criterion and staleness loss;
+* :meth:`epoch_record` - metrics of the epoch (plus true staleness when asked).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from oocgnn.batch import SubgraphBatch
+from oocgnn.errors import ConfigError
+from oocgnn.staleness import METHODS, REST_LOOPS
+from oocgnn.staleness.importance import node_importance, partition_importance
+from oocgnn.staleness.metrics import (StalenessMeter, enable_halo_grads, halo_grad_norms, read_rows_exact,
+                                      true_staleness)
+from oocgnn.staleness.schedule import (Action, RefreshSchedule, ScheduleState, partition_last_step,
+                                       refreshes_after_step)
+from oocgnn.staleness.visagnn import StaleLoss, StalenessTracker, VisaOptions, build_visagnn
+
+
+@dataclass
+class StalenessConfig:
+    """``[staleness]`` section of the run config (flags in ``oocgnn train --help``)."""
+
+    method: str = "gas"
+    refresh_per_step: float = 1.0
+    rest_loop: str = "extra"
+    rest_is_uniform: float = 0.1
+    refresh_train_mode: bool = False
+    stale_loss_weight: float = 0.3
+    visagnn_attention: bool = True
+    visagnn_criterion: str = "grad"
+    visagnn_augment: str = "sum"
+    visagnn_drop_threshold: int = 0
+    measure_true_staleness: bool = False
+    push_drift: bool = True
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"--method {self.method!r}: choose one of {', '.join(METHODS)}")
+        if self.rest_loop not in REST_LOOPS:
+            raise ConfigError(f"--rest-loop {self.rest_loop!r}: choose extra or interleave")
+        if self.refresh_per_step < 1:
+            raise ConfigError(f"--refresh-per-step must be >= 1, got {self.refresh_per_step}")
+        if self.method == "gas" and self.refresh_per_step != 1:
+            raise ConfigError("--refresh-per-step > 1 needs --method rest, rest-is or visagnn")
+        self.visa_options()  # validates the VISAGNN switches
+
+    def visa_options(self) -> VisaOptions:
+        return VisaOptions(attention=self.visagnn_attention, criterion=self.visagnn_criterion,
+                           augment=self.visagnn_augment, drop_threshold=self.visagnn_drop_threshold,
+                           stale_loss_weight=self.stale_loss_weight)
+
+
+class StalenessControl:
+    """Schedule, metrics and VISAGNN state for one run (see module docstring)."""
+
+    def __init__(self, cfg: StalenessConfig, num_nodes: int, indptr: np.ndarray, indices: np.ndarray,
+                 partition_ptr: np.ndarray, parts_per_batch: int, seed: int, num_tables: int,
+                 out_channels: int, run_dir: Path | None = None) -> None:
+        self.cfg = cfg
+        self.partition_ptr = np.asarray(partition_ptr, dtype=np.int64)
+        num_parts = len(self.partition_ptr) - 1
+        imp = None
+        if cfg.method == "rest-is":
+            self.node_importance = node_importance(indptr, indices, self.partition_ptr)
+            imp = partition_importance(self.node_importance, self.partition_ptr)
+        self.schedule = RefreshSchedule(num_parts, parts_per_batch, seed, cfg.method, cfg.refresh_per_step,
+                                        cfg.rest_loop, imp, cfg.rest_is_uniform)
+        self.meter = StalenessMeter(num_tables)
+        self.visagnn = cfg.method == "visagnn"
+        self.tracker = StalenessTracker.from_store(indptr, num_tables, cfg.visagnn_criterion) if self.visagnn else None
+        self.stale_loss = None
+        if self.visagnn and cfg.stale_loss_weight > 0:
+            path = None if run_dir is None else str(Path(run_dir) / "histories" / "stale_out.npy")
+            self.stale_loss = StaleLoss(num_nodes, out_channels, cfg.stale_loss_weight, path)
+        self.want_grads = num_tables > 0
+
+    # ------------------------------------------------------------------ model
+    def build_model(self, name: str, in_channels: int, hidden: int, out_channels: int, layers: int,
+                    **kwargs: Any) -> torch.nn.Module | None:
+        """The VISAGNN model for ``--method visagnn``; None = use the plain backbone."""
+        if not self.visagnn:
+            return None
+        return build_visagnn(name, in_channels, hidden, out_channels, layers, self.cfg.visa_options(),
+                             self.tracker, **kwargs)
+
+    # --------------------------------------------------------------- schedule
+    def plan_epoch(self, trainer: Any) -> list[Action]:
+        st = trainer.state
+        hs = trainer.histories
+        last = (partition_last_step(hs.last_step[0], self.partition_ptr) if len(hs)
+                else np.full(len(self.partition_ptr) - 1, -1, dtype=np.int64))
+        sched = ScheduleState(position=st.position, pending=getattr(st, "refresh_pending", 0),
+                              cursor=getattr(st, "refresh_cursor", 0), global_step=st.global_step)
+        if self.tracker is not None:
+            self.tracker.epoch = st.epoch + 1
+        return self.schedule.plan(st.epoch, sched, last, self.partition_ptr)
+
+    def advance(self, state: Any, action: Action) -> None:
+        """After ``action`` ran (``train_step`` already advanced ``global_step``)."""
+        if self.schedule.loop == "interleave" or action.kind == "train":
+            state.position += 1
+            if self.schedule.loop == "extra":
+                state.refresh_pending = refreshes_after_step(state.global_step - 1, self.schedule.f)
+        else:
+            state.refresh_cursor += 1
+            state.refresh_pending -= 1
+
+    # ------------------------------------------------------------------ hooks
+    def before_train(self, batch: SubgraphBatch, step: int) -> None:
+        self.meter.observe_ages(batch)
+        if self.tracker is not None:
+            self.tracker.step = step
+        if self.want_grads and batch.halo_hist and batch.num_halo:
+            enable_halo_grads(batch)
+
+    def extra_loss(self, logits: torch.Tensor, batch: SubgraphBatch) -> torch.Tensor | None:
+        return None if self.stale_loss is None else self.stale_loss(logits, batch)
+
+    def after_backward(self, batch: SubgraphBatch, num_labelled: int) -> None:
+        if not (self.want_grads and batch.halo_hist and batch.num_halo):
+            return
+        norms = halo_grad_norms(batch)
+        self.meter.observe_grads(norms)
+        if self.tracker is not None:
+            self.tracker.observe(batch, norms, scale=float(max(1, num_labelled)))
+
+    def before_push(self, histories: Any, batch: SubgraphBatch, pushes: list[torch.Tensor]) -> None:
+        if not self.cfg.push_drift:
+            return
+        for t, new in enumerate(pushes):
+            old = read_rows_exact(histories, t, batch.ranges, batch.batch_size)
+            self.meter.observe_drift(t, new, old)
+
+    def after_train(self, batch: SubgraphBatch, logits: torch.Tensor) -> None:
+        if self.stale_loss is not None:
+            self.stale_loss.record(logits, batch)
+
+    def after_refresh(self, batch: SubgraphBatch) -> None:
+        self.meter.observe_refresh(batch.batch_size)
+
+    def epoch_record(self, trainer: Any) -> dict[str, Any]:
+        rec = self.meter.record()
+        rec["method"] = self.cfg.method
+        if self.cfg.measure_true_staleness and len(trainer.histories):
+            rec.update(true_staleness(trainer))
+        return rec
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """VISAGNN's gradient-criterion table (resume); schedule state lives in TrainState."""
+        return {"tracker": None if self.tracker is None else self.tracker.state_dict(),
+                "stale_written": None if self.stale_loss is None else self.stale_loss.written.copy()}
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        if self.tracker is not None and sd.get("tracker") is not None:
+            self.tracker.load_state_dict(sd["tracker"])
+        if self.stale_loss is not None and sd.get("stale_written") is not None:
+            self.stale_loss.written[:] = sd["stale_written"]

@@ -62,20 +62,21 @@ def prepare(work: Path, name: str, partitions: int) -> Path:
     return out
 
 
-def run_one(store: Path, scfg: StalenessConfig, model: str, seed: int, epochs: int, hidden: int) -> dict:
+def run_one(store: Path, scfg: StalenessConfig, model: str, seed: int, epochs: int, hidden: int,
+            layers: int = 3, lr: float = 0.01, dropout: float = 0.3, heads: int = 2) -> dict:
     ds = open_dataset(store)
-    cfg = RunConfig(model=ModelConfig(name=model, layers=3, hidden=hidden, dropout=0.3),
-                    train=OptimConfig(lr=0.01, epochs=epochs, parts_per_batch=1, seed=seed),
+    cfg = RunConfig(model=ModelConfig(name=model, layers=layers, hidden=hidden, dropout=dropout),
+                    train=OptimConfig(lr=lr, epochs=epochs, parts_per_batch=1, seed=seed),
                     io=IOConfig(io_threads=1, prefetch=1, cache="none", in_memory=True),
-                    eval=EvalConfig(eval_refresh=False))
-    ctl = StalenessControl(scfg, ds.num_nodes, ds.indptr, ds.indices, ds.partition_ptr, 1, seed, 2,
+                    eval=EvalConfig(eval_refresh=False), staleness=scfg)
+    ctl = StalenessControl(scfg, ds.num_nodes, ds.indptr, ds.indices, ds.partition_ptr, 1, seed, layers - 1,
                            ds.num_classes)
     torch.manual_seed(seed)
-    kw = {"heads": 2} if model == "gat" else {}
-    mobj = ctl.build_model(model, ds.num_features, hidden, ds.num_classes, 3, dropout=0.3, **kw)
+    kw = {"heads": heads} if model == "gat" else {}
+    mobj = ctl.build_model(model, ds.num_features, hidden, ds.num_classes, layers, dropout=dropout, **kw)
     if mobj is None:
         from oocgnn.models import build_model
-        mobj = build_model(model, ds.num_features, hidden, ds.num_classes, 3, dropout=0.3, **kw)
+        mobj = build_model(model, ds.num_features, hidden, ds.num_classes, layers, dropout=dropout, **kw)
     tr = Trainer(ds, cfg, None, model=mobj)
     times, recs = [], []
     try:
@@ -104,6 +105,11 @@ def main() -> int:
     p.add_argument("--model", default="gat",
                    help="backbone for every method (VISAGNN's paper uses GAT; a 3-layer GCN collapsed on Photo here)")
     p.add_argument("--hidden", type=int, default=16)
+    p.add_argument("--layers", type=int, default=3, help="message-passing layers (layers-1 history tables)")
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--dropout", type=float, default=0.3)
+    p.add_argument("--heads", type=int, default=2, help="GAT heads in hidden layers")
+    p.add_argument("--out", default="bench_staleness", help="basename of the JSON/PNG in benchmarks/out")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(2)
@@ -114,7 +120,8 @@ def main() -> int:
         for name in args.datasets.split(","):
             store = prepare(work, name, args.partitions)
             for method in args.methods.split(","):
-                rows = [run_one(store, METHODS[method], args.model, s, args.epochs, args.hidden)
+                rows = [run_one(store, METHODS[method], args.model, s, args.epochs, args.hidden, args.layers,
+                                args.lr, args.dropout, args.heads)
                         for s in range(args.seeds)]
                 results["runs"][f"{name}/{method}"] = rows
                 acc = np.array([r["test_acc"] for r in rows]) * 100
@@ -127,9 +134,9 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
     results["total_s"] = time.perf_counter() - t_all
     OUT_DIR.mkdir(parents=True, exist_ok=True)
-    (OUT_DIR / "bench_staleness.json").write_text(json.dumps(results, indent=1))
-    plot(results, OUT_DIR / "bench_staleness.png")
-    print(f"total {results['total_s']:.0f} s; wrote {OUT_DIR / 'bench_staleness.json'} and .png")
+    (OUT_DIR / f"{args.out}.json").write_text(json.dumps(results, indent=1))
+    plot(results, OUT_DIR / f"{args.out}.png")
+    print(f"total {results['total_s']:.0f} s; wrote {OUT_DIR / (args.out + '.json')} and .png")
     return 0
 
 

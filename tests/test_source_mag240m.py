@@ -161,7 +161,7 @@ def test_end_to_end_store_matches_reference(mag, tmp_path):
 
     pipeline.prepare_store(MAG240MSource(mag, with_authors_institutions=True), tmp_path / "store",
                            pipeline.PrepareOptions(partitions=4, feature_dtype="float16"),
-                           memory_budget=1 << 28, progress=False)
+                           memory_budget=2 << 30, progress=False)
     ds = open_dataset(tmp_path / "store")
     n = P + A + I
     ref = MAG240MSource(mag, with_authors_institutions=True)

@@ -176,7 +176,7 @@ def test_end_to_end_store_matches_reference(fixture_dir, ogb_data, tmp_path):
 
     graph, label, split = ogb_data
     pipeline.prepare_store(Papers100MSource(fixture_dir), tmp_path / "store",
-                           pipeline.PrepareOptions(partitions=4), memory_budget=1 << 28, progress=False)
+                           pipeline.PrepareOptions(partitions=4), memory_budget=2 << 30, progress=False)
     ds = open_dataset(tmp_path / "store")
     assert ds.evaluator_name == "ogbn-papers100M"
     inv = np.empty(N, dtype=np.int64)

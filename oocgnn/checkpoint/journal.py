@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import struct
+import threading
 import zlib
 from pathlib import Path
 from typing import Any, Sequence
@@ -97,7 +98,9 @@ class UndoJournal:
     matching durable step arrays.  The history writer calls :meth:`before_land`
     and :meth:`after_land` around each push; the checkpoint code calls
     :meth:`sync` (before saving) and :meth:`rotate` (after the checkpoint is
-    complete); resume calls :meth:`rollback`.
+    complete); resume calls :meth:`rollback`.  Extra tables (VISAGNN's staleness-loss
+    table) may follow the history tables in ``tables``; their owner calls
+    :meth:`before_land` / :meth:`after_land` from the training thread, so both hold a lock.
     """
 
     def __init__(self, directory: str | Path, tables: Sequence[Any], steps: Sequence[np.ndarray], seq: int,
@@ -109,6 +112,7 @@ class UndoJournal:
         self.saved = [np.zeros(len(s), dtype=bool) for s in self.steps]
         self.bytes_journaled = 0
         self._fd: int | None = None
+        self._lock = threading.Lock()
         self._open_segment(seq)
 
     # ----------------------------------------------------------- segments
@@ -141,6 +145,11 @@ class UndoJournal:
     # ----------------------------------------------------------- write path
     def before_land(self, tables: Sequence[int], ids: np.ndarray) -> None:
         """Save the current value of rows ``ids`` of ``tables`` not yet saved in this segment."""
+        with self._lock:
+            self._before_land(tables, ids)
+        faults.maybe_crash("push-journaled")
+
+    def _before_land(self, tables: Sequence[int], ids: np.ndarray) -> None:
         wrote = False
         for t in tables:
             fresh = ids[~self.saved[t][ids]]
@@ -156,7 +165,6 @@ class UndoJournal:
             wrote = True
         if wrote and self.fsync:
             os.fsync(self._fd)
-        faults.maybe_crash("push-journaled")
 
     def _append(self, data: bytes) -> None:
         path = segment_path(self.directory, self.seq)
@@ -173,8 +181,9 @@ class UndoJournal:
     def after_land(self, tables: Sequence[int], ids: np.ndarray, step: int) -> None:
         """Record the push's step in the durable step arrays (after its rows landed)."""
         faults.maybe_crash("push-landed")
-        for t in tables:
-            self.steps[t][ids] = step
+        with self._lock:
+            for t in tables:
+                self.steps[t][ids] = step
 
     def sync(self) -> None:
         """Make tables, step arrays and the journal durable (called before a checkpoint)."""

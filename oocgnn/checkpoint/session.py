@@ -63,9 +63,15 @@ class CheckpointOptions:
             raise ConfigError(f"--keep-checkpoints must be >= 2 (a fallback for a corrupted newest), got {self.keep}")
 
 
+def _journaled_tables(trainer: Any) -> list[Any]:
+    """History tables, then the trainer's other journaled tables (VISAGNN's staleness-loss table)."""
+    extra = getattr(trainer, "journaled_tables", None)
+    return [*trainer.histories.tables, *(extra() if extra is not None else [])]
+
+
 def _history_layout(trainer: Any) -> list[dict[str, Any]]:
     return [{"file": t.path.name if t.path is not None else None, "shape": list(t.array.shape),
-             "dtype": str(t.array.dtype)} for t in trainer.histories.tables]
+             "dtype": str(t.array.dtype)} for t in _journaled_tables(trainer)]
 
 
 def check_history_files(run_dir: Path, layout: list[dict[str, Any]]) -> None:
@@ -154,22 +160,25 @@ class RunSession:
         hs = trainer.histories
         info = self.resume_from
         self.seq = info.seq if info is not None else 0
-        on_disk = all(t.path is not None for t in hs.tables)
-        if on_disk and hs.tables:
-            hist_dir = hs.tables[0].path.parent
-            for t in hs.tables:
+        tables = _journaled_tables(trainer)
+        on_disk = all(t.path is not None for t in tables)
+        if on_disk and tables:
+            hist_dir = tables[0].path.parent
+            for t in tables:
                 jr.preallocate(t.path)
             steps = [jr.open_steps(t.path.with_name(t.path.name.replace(".npy", ".steps.npy")), t.num_nodes)
-                     for t in hs.tables]
+                     for t in tables]
             for s in steps:
                 jr.preallocate(Path(s.filename))
-            restored = jr.rollback(hist_dir, hs.tables, steps, self.seq)
+            restored = jr.rollback(hist_dir, tables, steps, self.seq)
             if restored:
                 log.info("history journal: restored %d rows to their state at the checkpoint", restored)
-            for t, s in enumerate(steps):
-                hs.last_step[t][:] = s
-            self.journal = jr.UndoJournal(hist_dir, hs.tables, steps, self.seq, fsync=self.opts.journal_fsync)
+            for t in range(len(hs.tables)):
+                hs.last_step[t][:] = steps[t]
+            self.journal = jr.UndoJournal(hist_dir, tables, steps, self.seq, fsync=self.opts.journal_fsync)
             hs.journal = self.journal
+            if len(tables) > len(hs.tables):
+                trainer.attach_journal(self.journal, len(hs.tables), steps[len(hs.tables):])
         if info is not None:
             sd = load_state(info)
             trainer.load_state_dict(sd["trainer"])
@@ -210,7 +219,8 @@ class RunSession:
                 raise Preempted(f"stopped by {self.stop.name} (checkpoints disabled, nothing saved)")
             return
         step = trainer.state.global_step
-        due = (self.opts.every_steps > 0 and step % self.opts.every_steps == 0) or \
+        # REST refresh passes do not advance the step: checkpoint once per step, not after each of them
+        due = (self.opts.every_steps > 0 and step % self.opts.every_steps == 0 and step != self._step_last) or \
               (self.opts.interval_s > 0 and time.monotonic() - self._t_last >= self.opts.interval_s)
         if due or self.stop.requested:
             self.save(trainer)

@@ -1,9 +1,12 @@
 """``oocgnn report RUN [RUN ...] --out report.png``: runs overlaid, one figure.
 
-Four panels from each ``RUN/metrics.jsonl``: accuracy (test solid, valid dashed),
+Six panels from each ``RUN/metrics.jsonl``: accuracy (test solid, valid dashed),
 training loss, staleness (mean age of pulled rows of history table 0 solid, and
-``true_staleness_0`` dashed on a twin axis when measured), and I/O (MB read per
-epoch solid, I/O wait fraction dashed on a twin axis).  The x-axis is the epoch.
+``true_staleness_0`` dashed on a twin axis when measured), staleness detail (push
+drift of table 0 solid, gradient norm of its pulled rows dashed on a twin axis),
+refreshes (REST refresh passes per epoch solid, p90 age of pulled rows of table 0
+dashed on a twin axis) and I/O (MB read per epoch solid, I/O wait fraction dashed
+on a twin axis).  The x-axis is the epoch; missing metrics leave a panel empty.
 Runs are labelled by their directory name (or ``--labels``).
 """
 from __future__ import annotations
@@ -54,9 +57,9 @@ def plot_runs(runs: dict[str, list[dict[str, Any]]], out: Path, title: str | Non
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
-    (ax_acc, ax_loss), (ax_st, ax_io) = axes
-    ax_true, ax_wait = ax_st.twinx(), ax_io.twinx()
+    fig, axes = plt.subplots(2, 3, figsize=(18, 8))
+    (ax_acc, ax_loss, ax_io), (ax_st, ax_drift, ax_ref) = axes
+    ax_true, ax_wait, ax_grad, ax_p90 = ax_st.twinx(), ax_io.twinx(), ax_drift.twinx(), ax_ref.twinx()
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (label, rows) in enumerate(runs.items()):
         c = colors[i % len(colors)]
@@ -68,6 +71,10 @@ def plot_runs(runs: dict[str, list[dict[str, Any]]], out: Path, title: str | Non
         ax_true.plot(*_series(rows, "true_staleness_0"), color=c, ls="--")
         ax_io.plot(*_series(rows, "bytes_read", 1e-6), color=c, label=label)
         ax_wait.plot(*_series(rows, "io_wait_fraction"), color=c, ls="--")
+        ax_drift.plot(*_series(rows, "push_drift_0"), color=c, label=label)
+        ax_grad.plot(*_series(rows, "grad_norm_0"), color=c, ls="--")
+        ax_ref.plot(*_series(rows, "refresh_passes"), color=c, label=label)
+        ax_p90.plot(*_series(rows, "age_p90_0"), color=c, ls="--")
     ax_acc.set(title="accuracy (test solid, valid dashed)", xlabel="epoch", ylabel="%")
     ax_loss.set(title="training loss", xlabel="epoch", ylabel="cross-entropy")
     ax_st.set(title="staleness (age of pulled rows solid, true staleness dashed)", xlabel="epoch",
@@ -75,7 +82,12 @@ def plot_runs(runs: dict[str, list[dict[str, Any]]], out: Path, title: str | Non
     ax_true.set_ylabel("||h_bar - h|| / ||h||, table 0")
     ax_io.set(title="I/O (MB read solid, I/O wait fraction dashed)", xlabel="epoch", ylabel="MB read / epoch")
     ax_wait.set_ylabel("I/O wait fraction")
-    for ax in (ax_acc, ax_loss, ax_st, ax_io):
+    ax_drift.set(title="push drift solid, grad norm of pulled rows dashed", xlabel="epoch",
+                 ylabel="||h_new - h_old|| / ||h_new||, table 0")
+    ax_grad.set_ylabel("mean ||dL/dh_bar||, table 0")
+    ax_ref.set(title="REST refresh passes solid, p90 age dashed", xlabel="epoch", ylabel="refresh passes / epoch")
+    ax_p90.set_ylabel("p90 age, table 0 [steps]")
+    for ax in (ax_acc, ax_loss, ax_st, ax_io, ax_drift, ax_ref):
         ax.grid(alpha=0.3)
     ax_acc.legend(fontsize=8)
     if title:

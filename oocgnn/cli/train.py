@@ -1,5 +1,9 @@
 """``oocgnn train``: GAS training with on-disk histories and a prefetching loader.
 
+``--method rest|rest-is|visagnn`` adds staleness control (REST refresh passes,
+REST-IS refresh order, VISAGNN's staleness-aware model and loss); the staleness
+metrics of every epoch go to ``RUN/metrics.jsonl`` (plot with ``oocgnn report``).
+
 Precedence of options: built-in defaults < ``--config run.toml`` < flags.  The
 resolved config goes to ``RUN/config.toml``; per-epoch metrics to
 ``RUN/metrics.jsonl``; the summary to ``RUN/summary.json``.
@@ -32,6 +36,13 @@ FLAG_MAP = {
     "staleness_bound": ("io", "staleness_bound"), "cache": ("io", "cache"), "cache_fraction": ("io", "cache_fraction"),
     "in_memory": ("io", "in_memory"),
     "eval_refresh": ("eval", "eval_refresh"), "eval_every": ("eval", "eval_every"),
+    "method": ("staleness", "method"), "refresh_per_step": ("staleness", "refresh_per_step"),
+    "rest_loop": ("staleness", "rest_loop"), "rest_is_uniform": ("staleness", "rest_is_uniform"),
+    "refresh_train_mode": ("staleness", "refresh_train_mode"), "stale_loss_weight": ("staleness", "stale_loss_weight"),
+    "visagnn_attention": ("staleness", "visagnn_attention"), "visagnn_criterion": ("staleness", "visagnn_criterion"),
+    "visagnn_augment": ("staleness", "visagnn_augment"),
+    "visagnn_drop_threshold": ("staleness", "visagnn_drop_threshold"),
+    "measure_true_staleness": ("staleness", "measure_true_staleness"), "push_drift": ("staleness", "push_drift"),
 }
 
 
@@ -40,7 +51,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Train a GNN with GNNAutoScale-style histories kept on disk in RUN/histories.")
     p.add_argument("--data", required=True, type=Path, help="dataset store made by `oocgnn prepare`")
     p.add_argument("--run-dir", required=True, type=Path, help="run directory (histories, metrics, summary, config)")
-    p.add_argument("--config", type=Path, help="TOML file with [model] [train] [io] [eval] sections; flags override it")
+    p.add_argument("--config", type=Path,
+                   help="TOML file with [model] [train] [io] [eval] [staleness] sections; flags override it")
     p.add_argument("--overwrite", action="store_true", help="start over in a run dir that already holds a run")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the per-epoch progress bar")
     g = p.add_argument_group("model")
@@ -88,6 +100,47 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="evaluation sweeps write the training histories (GAS behaviour, default) or, with "
                         "--no-eval-refresh, scratch tables that leave training histories untouched")
     g.add_argument("--eval-every", type=int, help="evaluate every N epochs (default 1)")
+    g = p.add_argument_group(
+        "staleness control (REST, REST-IS, VISAGNN; per-epoch staleness metrics go to metrics.jsonl)")
+    g.add_argument("--method", choices=("gas", "rest", "rest-is", "visagnn"),
+                   help="gas: plain historical embeddings; rest: extra forward-only refresh passes; rest-is: "
+                        "refresh the most-needed, oldest histories first; visagnn: staleness-aware model and loss "
+                        "(combines with --refresh-per-step) (default gas)")
+    g.add_argument("--refresh-per-step", type=float, metavar="F",
+                   help="history refreshes per optimizer step (REST's F, >= 1, fractional allowed); 1 = GAS "
+                        "(default 1)")
+    g.add_argument("--rest-loop", choices=("extra", "interleave"),
+                   help="extra: every plan batch trains, F-1 refresh passes after each step from a separate queue "
+                        "covering all partitions; interleave: every F-th plan batch trains, the others only "
+                        "refresh (default extra; rest-is needs extra)")
+    g.add_argument("--rest-is-uniform", type=float, metavar="MIX",
+                   help="REST-IS: share of the refresh draw spread uniformly over partitions so none starves, "
+                        "in [0, 1] (default 0.1)")
+    g.add_argument("--refresh-train-mode", action=argparse.BooleanOptionalAction, default=None,
+                   help="refresh passes with training semantics (dropout on) instead of eval semantics "
+                        "(default off)")
+    g.add_argument("--stale-loss-weight", type=float, metavar="LAMBDA",
+                   help="VISAGNN staleness-aware loss weight: lambda * mean ||h_i - h_i,prev||^2 of the final "
+                        "layer; 0 = off (default 0.3)")
+    g.add_argument("--visagnn-attention", action=argparse.BooleanOptionalAction, default=None,
+                   help="VISAGNN dynamic staleness attention (GAT logits; edge reweighting for gcn/sage/gcnii) "
+                        "(default on)")
+    g.add_argument("--visagnn-criterion", choices=("grad", "persistence", "age"),
+                   help="VISAGNN staleness criterion per halo row: grad = gradient norm of the pulled row; "
+                        "persistence (alias age) = optimizer steps since its last push (default grad)")
+    g.add_argument("--visagnn-augment", choices=("none", "concat", "sum"),
+                   help="VISAGNN staleness-augmented embeddings: append the staleness as a channel (concat) or "
+                        "add tanh(W s) to halo rows (sum) (default sum)")
+    g.add_argument("--visagnn-drop-threshold", type=int, metavar="STEPS",
+                   help="VISAGNN: drop halo edges whose history is older than STEPS optimizer steps (or never "
+                        "written); 0 = off (default 0)")
+    g.add_argument("--measure-true-staleness", action=argparse.BooleanOptionalAction, default=None,
+                   help="each epoch, recompute all histories exactly into scratch tables and log "
+                        "||h_bar - h|| / ||h|| per table (one extra full inference per epoch; small graphs) "
+                        "(default off)")
+    g.add_argument("--push-drift", action=argparse.BooleanOptionalAction, default=None,
+                   help="log ||h_new - h_old|| / ||h_new|| of every push (reads the batch rows back once per "
+                        "push) (default on)")
     p.set_defaults(func=run)
 
 

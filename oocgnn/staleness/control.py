@@ -14,6 +14,7 @@ staleness decision so the loop stays GAS-shaped:
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,18 @@ class StalenessConfig:
     push_drift: bool = True
 
     def __post_init__(self) -> None:
+        for name, kind in (("refresh_per_step", float), ("rest_is_uniform", float), ("stale_loss_weight", float),
+                           ("visagnn_drop_threshold", int)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and v != int(v)):
+                raise ConfigError(f"--{name.replace('_', '-')} must be {'an integer' if kind is int else 'a number'}, "
+                                  f"got {v!r}")
+            setattr(self, name, kind(v))
+        for name in ("refresh_train_mode", "visagnn_attention", "measure_true_staleness", "push_drift"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"[staleness] {name} must be true or false, got {getattr(self, name)!r}")
+        if self.visagnn_criterion == "age":  # CLI alias: age = persistence (steps since the row's last push)
+            self.visagnn_criterion = "persistence"
         if self.method not in METHODS:
             raise ConfigError(f"--method {self.method!r}: choose one of {', '.join(METHODS)}")
         if self.rest_loop not in REST_LOOPS:
@@ -58,6 +71,10 @@ class StalenessConfig:
             raise ConfigError(f"--refresh-per-step must be >= 1, got {self.refresh_per_step}")
         if self.method == "gas" and self.refresh_per_step != 1:
             raise ConfigError("--refresh-per-step > 1 needs --method rest, rest-is or visagnn")
+        if self.method == "rest-is" and self.rest_loop != "extra":
+            raise ConfigError("--method rest-is needs --rest-loop extra (interleave has no refresh queue to order)")
+        if not 0.0 <= self.rest_is_uniform <= 1.0:
+            raise ConfigError(f"--rest-is-uniform must be in [0, 1], got {self.rest_is_uniform}")
         self.visa_options()  # validates the VISAGNN switches
 
     def visa_options(self) -> VisaOptions:
@@ -89,6 +106,7 @@ class StalenessControl:
             path = None if run_dir is None else str(Path(run_dir) / "histories" / "stale_out.npy")
             self.stale_loss = StaleLoss(num_nodes, out_channels, cfg.stale_loss_weight, path)
         self.want_grads = num_tables > 0
+        self._step = 0  #: optimizer step of the training step in progress (journal step of the loss table)
 
     # ------------------------------------------------------------------ model
     def build_model(self, name: str, in_channels: int, hidden: int, out_channels: int, layers: int,
@@ -122,7 +140,15 @@ class StalenessControl:
             state.refresh_pending -= 1
 
     # ------------------------------------------------------------------ hooks
+    def epoch_length(self, num_batches: int, start_step: int) -> int:
+        """Passes of a whole epoch of ``num_batches`` plan batches starting at ``start_step``."""
+        if self.schedule.loop == "interleave":
+            return num_batches
+        return num_batches + sum(refreshes_after_step(g, self.schedule.f)
+                                 for g in range(start_step, start_step + num_batches))
+
     def before_train(self, batch: SubgraphBatch, step: int) -> None:
+        self._step = step
         self.meter.observe_ages(batch)
         if self.tracker is not None:
             self.tracker.step = step
@@ -149,7 +175,7 @@ class StalenessControl:
 
     def after_train(self, batch: SubgraphBatch, logits: torch.Tensor) -> None:
         if self.stale_loss is not None:
-            self.stale_loss.record(logits, batch)
+            self.stale_loss.record(logits, batch, self._step)
 
     def after_refresh(self, batch: SubgraphBatch) -> None:
         self.meter.observe_refresh(batch.batch_size)
@@ -163,12 +189,41 @@ class StalenessControl:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        """VISAGNN's gradient-criterion table (resume); schedule state lives in TrainState."""
+        """What resume needs besides ``TrainState`` (which holds the schedule position / cursor).
+
+        * ``tracker``: VISAGNN's gradient-criterion table ([N] float32 per history table);
+        * ``stale_written``: rows the staleness loss has written ([N] bool);
+        * ``stale_table``: the loss table itself, only when it lives in RAM (in-memory runs);
+          on disk (``RUN/histories/stale_out.npy``) it is rolled back by the undo journal;
+        * ``meter``: the metrics accumulated so far this epoch (metrics only).
+        """
+        sl = self.stale_loss
         return {"tracker": None if self.tracker is None else self.tracker.state_dict(),
-                "stale_written": None if self.stale_loss is None else self.stale_loss.written.copy()}
+                "stale_written": None if sl is None else sl.written.copy(),
+                "stale_table": None if sl is None or sl.table.path is not None else sl.table.array.copy(),
+                "meter": copy.deepcopy(vars(self.meter))}
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         if self.tracker is not None and sd.get("tracker") is not None:
             self.tracker.load_state_dict(sd["tracker"])
         if self.stale_loss is not None and sd.get("stale_written") is not None:
             self.stale_loss.written[:] = sd["stale_written"]
+        if self.stale_loss is not None and sd.get("stale_table") is not None:
+            self.stale_loss.table.array[:] = sd["stale_table"]
+        if sd.get("meter") is not None and sd["meter"].get("num_tables") == self.meter.num_tables:
+            vars(self.meter).update(copy.deepcopy(sd["meter"]))
+
+    # ------------------------------------------------------- journal (resume)
+    def journaled_tables(self) -> list[Any]:
+        """Extra on-disk tables overwritten during training (VISAGNN's staleness-loss table)."""
+        if self.stale_loss is None or self.stale_loss.table.path is None:
+            return []
+        return [self.stale_loss.table]
+
+    def attach_journal(self, journal: Any, first_index: int, steps: list[np.ndarray]) -> None:
+        if self.stale_loss is not None and steps:
+            self.stale_loss.attach_journal(journal, first_index)
+
+    def close(self) -> None:
+        if self.stale_loss is not None:
+            self.stale_loss.table.flush()

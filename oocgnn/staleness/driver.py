@@ -79,8 +79,14 @@ def train_epoch(trainer: Any, control: StalenessControl,
     written0 = trainer.histories.bytes_written
     pf = trainer.prefetcher([a.ranges for a in actions], loader)
     losses: list[float] = []
+    ages_sum = ages_n = never = 0  # pooled over tables: the GAS trainer's hist_age_mean / hist_never_written
     for action, batch in zip(actions, pf):
         if action.kind == "train":
+            for a in batch.hist_age:
+                a = a.numpy()
+                never += int((a < 0).sum())
+                ages_sum += int(a[a >= 0].sum())
+                ages_n += int((a >= 0).sum())
             losses.append(train_step(trainer, control, batch))
         else:
             refresh_step(trainer, control, batch)
@@ -104,7 +110,8 @@ def train_epoch(trainer: Any, control: StalenessControl,
         "history_bytes_read": stats.history_bytes, "feature_bytes_read": stats.feature_bytes,
         "halo_rows": stats.halo_rows, "batch_rows": stats.batch_rows,
         "patched_from_pending": stats.patched_pending, "patched_from_table": stats.patched_table,
-        "stale_rows_read": stats.stale_rows}
+        "stale_rows_read": stats.stale_rows,
+        "hist_age_mean": ages_sum / ages_n if ages_n else None, "hist_never_written": never}
     if trainer.cache is not None:
         rec.update(trainer.cache.epoch_metrics())
     rec.update(control.epoch_record(trainer))

@@ -270,12 +270,21 @@ class StaleLoss:
 
     ``path=None`` keeps the ``[N, out]`` table in RAM; otherwise a ``.npy`` memmap
     (out-of-core, same as the history tables).  ``written`` marks rows ever stored.
+    The table is overwritten at every training step, so a checkpointed run routes
+    the writes through the history undo journal (:meth:`attach_journal`): the old
+    rows are journaled before they are overwritten and resume rolls them back.
     """
 
     def __init__(self, num_nodes: int, out_channels: int, weight: float, path: str | None = None) -> None:
         self.weight = float(weight)
         self.table = HistoryTable(num_nodes, out_channels, "float32", path)
         self.written = np.zeros(num_nodes, dtype=bool)
+        self.journal: Any = None
+        self.journal_index = -1
+
+    def attach_journal(self, journal: Any, index: int) -> None:
+        """Journal writes as table ``index`` of ``journal`` (an :class:`UndoJournal`)."""
+        self.journal, self.journal_index = journal, int(index)
 
     def __call__(self, logits: Tensor, batch: SubgraphBatch) -> Tensor:
         rows = batch.n_id[: batch.batch_size]
@@ -288,6 +297,11 @@ class StaleLoss:
         diff = logits[mask] - prev.to(logits.device)[mask]
         return self.weight * diff.pow(2).sum(dim=1).mean()
 
-    def record(self, logits: Tensor, batch: SubgraphBatch) -> None:
+    def record(self, logits: Tensor, batch: SubgraphBatch, step: int = 0) -> None:
+        rows = np.ascontiguousarray(batch.n_id[: batch.batch_size], dtype=np.int64)
+        if self.journal is not None:
+            self.journal.before_land([self.journal_index], rows)
         self.table.write(batch.ranges, None, logits.detach().float().cpu().numpy())
-        self.written[batch.n_id[: batch.batch_size]] = True
+        if self.journal is not None:
+            self.journal.after_land([self.journal_index], rows, step)
+        self.written[rows] = True

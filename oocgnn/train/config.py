@@ -2,7 +2,9 @@
 
 Precedence: dataclass defaults < ``--config run.toml`` < command-line flags.  The
 resolved config is written to ``RUN/config.toml`` so ``oocgnn eval --run-dir RUN``
-(and resume, later) rebuild exactly the same model and data path.  Each
+(and resume, later) rebuild exactly the same model and data path.  Sections:
+``[model] [train] [io] [eval] [staleness]`` (the last is
+:class:`oocgnn.staleness.control.StalenessConfig`: ``--method`` and its options).  Each
 dataclass validates itself in ``__post_init__`` and raises :class:`ConfigError`
 naming the flag.
 """
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from oocgnn.errors import ConfigError
+from oocgnn.staleness.control import StalenessConfig
 from oocgnn.utils.atomic import atomic_write_bytes
 from oocgnn.utils.memory import parse_size
 
@@ -95,8 +98,9 @@ class RunConfig:
     train: OptimConfig = field(default_factory=OptimConfig)
     io: IOConfig = field(default_factory=IOConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    staleness: StalenessConfig = field(default_factory=StalenessConfig)
 
-    SECTIONS = ("model", "train", "io", "eval")
+    SECTIONS = ("model", "train", "io", "eval", "staleness")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -104,8 +108,11 @@ class RunConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
         sections = {}
-        for name, klass in (("model", ModelConfig), ("train", OptimConfig), ("io", IOConfig), ("eval", EvalConfig)):
-            sec = dict(d.get(name, {}))
+        for name, klass in (("model", ModelConfig), ("train", OptimConfig), ("io", IOConfig), ("eval", EvalConfig),
+                            ("staleness", StalenessConfig)):
+            sec = d.get(name, {})
+            _check(isinstance(sec, dict), f"config [{name}] must be a table (section), got {sec!r}")
+            sec = dict(sec)
             known = {f.name for f in dataclasses.fields(klass)}
             unknown = set(sec) - known
             _check(not unknown, f"config section [{name}] has unknown keys {sorted(unknown)}; known: {sorted(known)}")

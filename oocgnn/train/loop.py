@@ -34,6 +34,7 @@ from oocgnn.errors import ConfigError
 from oocgnn.history import HistorySet
 from oocgnn.models import build_model
 from oocgnn.prefetch import BatchLoader, IOStats, Prefetcher, Slot, advise_random, ring_rows_bound
+from oocgnn.staleness.control import StalenessControl
 from oocgnn.train.config import RunConfig
 from oocgnn.utils.memory import format_size, resolve_budget
 
@@ -50,6 +51,8 @@ class TrainState:
     best_valid_acc: float = -1.0
     best_epoch: int = -1
     test_acc_at_best_valid: float = float("nan")
+    refresh_cursor: int = 0    #: REST refresh batches drawn so far (position in the refresh queue)
+    refresh_pending: int = 0   #: REST refreshes still owed after the last training step (``extra`` loop)
 
 
 class Trainer:
@@ -66,15 +69,23 @@ class Trainer:
         self.device = torch.device(cfg.io.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError("--device cuda requested but this torch build has no CUDA device; use --device cpu")
-        torch.manual_seed(cfg.train.seed)
+        in_mem = cfg.io.in_memory or self.run_dir is None
         m = cfg.model
+        # staleness control (REST / REST-IS / VISAGNN schedule, metrics and VISAGNN state); --method gas
+        # trains exactly the plain GAS epoch.  Built before the model: it owns VISAGNN's model.
+        self.staleness = StalenessControl(
+            cfg.staleness, ds.num_nodes, ds.indptr, ds.indices, ds.partition_ptr, cfg.train.parts_per_batch,
+            cfg.train.seed, m.layers - 1, ds.num_classes, None if in_mem else self.run_dir)
+        torch.manual_seed(cfg.train.seed)
+        if model is None:
+            model = self.staleness.build_model(m.name, ds.num_features, m.hidden, ds.num_classes, m.layers,
+                                               dropout=m.dropout, batch_norm=m.batch_norm)
         self.model = model if model is not None else build_model(
             m.name, ds.num_features, m.hidden, ds.num_classes, m.layers, dropout=m.dropout, batch_norm=m.batch_norm)
         self.model.to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         self.state = TrainState()
 
-        in_mem = cfg.io.in_memory or self.run_dir is None
         hist_dir = None if in_mem else self.run_dir / "histories"
         self.histories = HistorySet(ds.num_nodes, list(self.model.history_channels), cfg.io.history_dtype, hist_dir)
         self.features = np.ascontiguousarray(ds.features) if cfg.io.in_memory else ds.features
@@ -163,7 +174,25 @@ class Trainer:
             self.histories.push(pushes, step=self.state.global_step, ranges=batch.ranges)
 
     def train_epoch(self, on_batch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-        """Train from ``state.position`` to the end of ``state.epoch``'s plan."""
+        """Train the rest of ``state.epoch`` under the staleness controller (``cfg.staleness``).
+
+        With ``--method gas`` (and F = 1 for REST) the action list is the GAS epoch plan and
+        the result is bitwise identical to :meth:`train_epoch_gas`; the record additionally
+        carries the staleness metrics (see :mod:`oocgnn.staleness.metrics`).
+        """
+        from oocgnn.staleness.driver import train_epoch
+
+        return train_epoch(self, self.staleness, on_batch)
+
+    def epoch_length(self, epoch: int) -> int:
+        """Passes (training steps + REST refreshes) of ``epoch`` from the start (progress bars)."""
+        return self.staleness.epoch_length(len(self.plan(epoch)), self.state.global_step)
+
+    def train_epoch_gas(self, on_batch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """The plain GAS epoch without the staleness controller (reference oracle for tests).
+
+        Trains from ``state.position`` to the end of ``state.epoch``'s plan.
+        """
         t0 = time.perf_counter()
         plan = self.plan(self.state.epoch)
         loader = BatchLoader(self.indptr, self.indices, self.features, self.histories,
@@ -208,8 +237,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
+        """Everything resume needs besides the on-disk tables (journaled) and numpy/python RNGs.
+
+        ``staleness``: the controller's state (VISAGNN gradient table, which rows the
+        staleness loss wrote, the metrics of the epoch so far, and the loss table itself
+        when it lives in RAM; see :meth:`StalenessControl.state_dict`).
+        """
         return {"version": STATE_VERSION, "state": asdict(self.state), "model": copy.deepcopy(self.model.state_dict()),
-                "optimizer": copy.deepcopy(self.optimizer.state_dict()), "torch_rng": torch.get_rng_state()}
+                "optimizer": copy.deepcopy(self.optimizer.state_dict()), "torch_rng": torch.get_rng_state(),
+                "staleness": self.staleness.state_dict()}
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         if sd.get("version") != STATE_VERSION:
@@ -218,10 +254,25 @@ class Trainer:
         self.model.load_state_dict(sd["model"])
         self.optimizer.load_state_dict(sd["optimizer"])
         torch.set_rng_state(sd["torch_rng"])
+        if sd.get("staleness") is not None:
+            self.staleness.load_state_dict(sd["staleness"])
+
+    def journaled_tables(self) -> list[Any]:
+        """On-disk tables besides the histories that the checkpoint undo journal must cover.
+
+        VISAGNN's staleness-loss table (``RUN/histories/stale_out.npy``) is overwritten at
+        every training step, exactly like a history table, so it is journaled like one.
+        """
+        return self.staleness.journaled_tables()
+
+    def attach_journal(self, journal: Any, first_index: int, steps: list[np.ndarray]) -> None:
+        """Route writes of :meth:`journaled_tables` through ``journal`` (indices from ``first_index``)."""
+        self.staleness.attach_journal(journal, first_index, steps)
 
     def close(self) -> None:
         """Land pending pushes, join the writer threads and the I/O pool."""
         self.histories.close()
+        self.staleness.close()
         scratch = getattr(self, "_eval_scratch", None)
         if scratch is not None:
             scratch.close()

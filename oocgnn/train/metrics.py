@@ -5,7 +5,11 @@ summary is written atomically at the end.  Keys (per epoch): ``epoch, step, loss
 train_acc, valid_acc, test_acc, epoch_time_s, io_wait_s, io_wait_fraction,
 bytes_read, bytes_written, peak_rss_bytes`` plus read-path counters (halo rows,
 rows patched from pending pushes / the table, rows read stale within the bound,
-mean age of pulled history rows) and cache counters.
+mean age of pulled history rows) and cache counters, plus the staleness metrics
+of :mod:`oocgnn.staleness.metrics` per history table ``l``: ``age_mean_l,
+age_p90_l, age_max_l, never_frac_l, grad_norm_l, push_drift_l``, ``refresh_passes,
+rows_refreshed, train_batches, method`` and, with ``--measure-true-staleness``,
+``true_staleness_l``.
 """
 from __future__ import annotations
 

@@ -60,7 +60,8 @@ def fit(trainer: Trainer, progress: ProgressFactory | None = None, session: Any 
     with PeakRSSMonitor() as rss:
         while trainer.state.epoch < cfg.train.epochs:
             epoch = trainer.state.epoch
-            cb, close = progress(epoch, len(trainer.plan(epoch))) if progress else (None, lambda: None)
+            total = trainer.epoch_length(epoch) if hasattr(trainer, "epoch_length") else len(trainer.plan(epoch))
+            cb, close = progress(epoch, total) if progress else (None, lambda: None)
             if session is not None:
                 cb = _with_step_hook(cb, session, trainer)
             try:

@@ -1,0 +1,180 @@
+"""Epoch time out of core vs in RAM, I/O wait, history traffic, and full-batch PyG GCN.
+
+    python benchmarks/bench_epoch.py --store /tmp/bench_syn --epochs 3 --cgroup-limit 256MiB
+
+Each configuration runs in its own process.  The out-of-core run is moved into a
+child memory cgroup (cgroup v1, see shared/design/machine-facts.md) whose limit
+is smaller than features + histories, so page cache cannot hold them; without
+permission to create it the run falls back to dropping caches before starting
+(documented in the JSON as ``cgroup: false``).  Prints a table and writes
+``benchmarks/out/bench_epoch.json``.  Create the store first, e.g.
+``oocgnn prepare synthetic --nodes 400000 --edges 4000000 --features 128 --partitions 100 --out /tmp/bench_syn``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import OUT_DIR, drop_caches, machine  # noqa: E402
+
+
+def worker(spec: dict) -> dict:
+    os.environ.setdefault("OUTDATED_IGNORE", "1")
+    if spec.get("cgroup"):
+        Path(spec["cgroup"], "cgroup.procs").write_text(str(os.getpid()))
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(2)
+    from oocgnn.store.reader import open_dataset
+    from oocgnn.train.config import EvalConfig, IOConfig, ModelConfig, OptimConfig, RunConfig
+    from oocgnn.train.run import fit, make_trainer
+    from oocgnn.utils.memory import lifetime_peak_rss
+
+    ds = open_dataset(spec["store"])
+    if spec["mode"] == "pyg":
+        from torch_geometric.nn import GCNConv
+
+        torch.manual_seed(0)
+        x = torch.from_numpy(np.array(ds.features, dtype=np.float32))
+        indptr = np.asarray(ds.indptr)
+        ei = torch.from_numpy(np.stack([np.asarray(ds.indices, np.int64), np.repeat(np.arange(ds.num_nodes), np.diff(indptr))]))
+        y = torch.from_numpy(np.asarray(ds.labels).astype(np.int64))
+        tr, te = torch.from_numpy(ds.split("train")), torch.from_numpy(ds.split("test"))
+        dims = [ds.num_features] + [spec["hidden"]] * (spec["layers"] - 1) + [ds.num_classes]
+        convs = torch.nn.ModuleList(GCNConv(a, b, cached=True) for a, b in zip(dims[:-1], dims[1:]))
+        opt = torch.optim.Adam(convs.parameters(), lr=0.01)
+
+        def fwd(train: bool):
+            h = x
+            for i, c in enumerate(convs):
+                h = torch.nn.functional.dropout(h, 0.5, train)
+                h = c(h, ei)
+                if i < len(convs) - 1:
+                    h = h.relu()
+            return h
+        times = []
+        for _ in range(spec["epochs"]):
+            t0 = time.perf_counter()
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(fwd(True)[tr], y[tr])
+            loss.backward()
+            opt.step()
+            times.append(time.perf_counter() - t0)
+        with torch.no_grad():
+            acc = float((fwd(False)[te].argmax(-1) == y[te]).float().mean())
+        return {"epoch_time_s": float(np.median(times)), "test_acc": acc, "peak_rss_bytes": lifetime_peak_rss()}
+    cfg = RunConfig(model=ModelConfig(layers=spec["layers"], hidden=spec["hidden"], dropout=0.5),
+                    train=OptimConfig(epochs=spec["epochs"], parts_per_batch=spec["ppb"], lr=0.01),
+                    io=IOConfig(in_memory=spec["mode"] == "ram", prefetch=spec["prefetch"], io_threads=spec["io_threads"],
+                                memory_budget=spec["budget"], cache=spec["cache"]),
+                    eval=EvalConfig(eval_every=spec["epochs"]))
+    run_dir = Path(tempfile.mkdtemp(prefix="bench_epoch_", dir=spec["tmp"]))
+    try:
+        tr = make_trainer(ds, cfg, run_dir)
+        records = []
+        s = fit(tr)
+        tr.close()
+        from oocgnn.train.metrics import MetricsLog
+
+        records = MetricsLog(run_dir).read()
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    last = records[1:] or records  # the first epoch includes first-touch of the ring
+    ep = float(np.median([r["epoch_time_s"] for r in last]))
+    hist_rows_min = sum(r["halo_rows"] for r in last) + sum(r["batch_rows"] for r in last)
+    row_bytes = spec["hidden"] * 4 * (spec["layers"] - 1)
+    moved = sum(r["history_bytes_read"] + r["bytes_written"] for r in last)
+    return {"epoch_time_s": ep, "io_wait_fraction": float(np.mean([r["io_wait_fraction"] for r in last])),
+            "history_bytes_moved": moved, "history_bytes_min": hist_rows_min * row_bytes,
+            "history_bytes_ratio": moved / max(1, hist_rows_min * row_bytes),
+            "patched_rows": sum(r["patched_from_pending"] + r["patched_from_table"] for r in last),
+            "cache_hit_rate": last[-1].get("cache_hit_rate"), "test_acc": records[-1].get("test_acc"),
+            "peak_rss_bytes": s["peak_rss_bytes"], "batches_per_epoch": last[-1]["batches"]}
+
+
+def make_cgroup(limit: int) -> Path | None:
+    try:
+        line = next(x for x in Path("/proc/self/cgroup").read_text().splitlines() if ":memory:" in x)
+        cg = Path("/sys/fs/cgroup/memory") / line.split(":", 2)[2].lstrip("/") / f"oocgnn_bench_{os.getpid()}"
+        cg.mkdir()
+        (cg / "memory.limit_in_bytes").write_text(str(limit))
+        return cg
+    except (OSError, StopIteration):
+        return None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--store", required=True, help="dataset store (e.g. from `oocgnn prepare synthetic`)")
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--layers", type=int, default=3)
+    ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--parts-per-batch", type=int, default=10)
+    ap.add_argument("--prefetch", type=int, default=2)
+    ap.add_argument("--io-threads", type=int, default=8)
+    ap.add_argument("--budget", default="192MiB", help="--memory-budget of the out-of-core run")
+    ap.add_argument("--cgroup-limit", default="384MiB", help="memory cgroup limit of the out-of-core run")
+    ap.add_argument("--tmp", default=None, help="where run dirs (histories) go")
+    ap.add_argument("--skip-pyg", action="store_true")
+    ap.add_argument("--only", nargs="*", help="run only these configurations (ooc, ooc_no_prefetch, ram, pyg_full_batch)")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
+    from oocgnn.utils.memory import parse_size
+
+    base = {"store": args.store, "epochs": args.epochs, "layers": args.layers, "hidden": args.hidden,
+            "ppb": args.parts_per_batch, "prefetch": args.prefetch, "io_threads": args.io_threads,
+            "tmp": args.tmp, "cache": "belady", "budget": args.budget}
+    cg = make_cgroup(parse_size(args.cgroup_limit))
+    runs = {"ooc": dict(base, mode="ooc", cgroup=str(cg) if cg else None),
+            "ooc_no_prefetch": dict(base, mode="ooc", prefetch=0, io_threads=1, cgroup=str(cg) if cg else None),
+            "ram": dict(base, mode="ram", budget="4GB", cache="none")}
+    if not args.skip_pyg:
+        runs["pyg_full_batch"] = dict(base, mode="pyg")
+    if args.only:
+        runs = {k: v for k, v in runs.items() if k in args.only}
+    results = {}
+    try:
+        for name, spec in runs.items():
+            dropped = drop_caches() if spec["mode"] == "ooc" else False
+            out = subprocess.run([sys.executable, __file__, "--store", args.store, "--worker", json.dumps(spec)],
+                                 capture_output=True, text=True)
+            if out.returncode != 0:
+                last = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else ""
+                results[name] = {"error": f"exit {out.returncode} (-9 = killed, e.g. by the cgroup OOM killer) {last}"}
+                continue
+            results[name] = json.loads(out.stdout.strip().splitlines()[-1])
+            results[name]["caches_dropped"] = dropped
+    finally:
+        if cg is not None:
+            cg.rmdir()
+    ooc, ram = results.get("ooc", {}), results.get("ram", {})
+    ratio = ooc["epoch_time_s"] / ram["epoch_time_s"] if "epoch_time_s" in ooc and "epoch_time_s" in ram else None
+    report = {"machine": machine(), "args": vars(args), "cgroup": cg is not None, "results": results,
+              "ooc_vs_ram_epoch_ratio": ratio}
+    print(f"{'run':18} {'epoch s':>8} {'io wait':>8} {'hist moved/min':>14} {'test acc':>8} {'peak RSS MB':>11}")
+    for name, r in results.items():
+        if "error" in r:
+            print(f"{name:18} error: {r['error']}")
+            continue
+        f = lambda k, fmt: (fmt % r[k]) if r.get(k) is not None else "-"  # noqa: E731
+        print(f"{name:18} {f('epoch_time_s', '%.2f'):>8} {f('io_wait_fraction', '%.3f'):>8} "
+              f"{f('history_bytes_ratio', '%.3f'):>14} {f('test_acc', '%.3f'):>8} {r['peak_rss_bytes'] / 1e6:>11.0f}")
+    print(f"out-of-core / in-RAM epoch time: {ratio:.2f}" if ratio else "ratio unavailable")
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    (OUT_DIR / "bench_epoch.json").write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

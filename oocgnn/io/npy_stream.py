@@ -33,8 +33,8 @@ from typing import IO, Iterator
 
 import numpy as np
 
-from oocgnn.errors import InputError, InputNotFoundError, translate_os_error
-from oocgnn.utils.atomic import atomic_write_json, fsync_dir, read_json
+from oocgnn.errors import InputError, InputNotFoundError
+from oocgnn.utils.atomic import atomic_output, atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 
@@ -285,9 +285,8 @@ def spill_to_raw(path: str | os.PathLike, member: str | None, dest: str | os.Pat
             except (OSError, ValueError):
                 pass
         marker.unlink(missing_ok=True)
-        tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
         log.info("spilling %s (%d bytes) to %s", s.info.label, s.info.nbytes, dest)
-        try:
+        with atomic_output(dest, "spilling to") as tmp:
             with open(tmp, "wb") as out:
                 left = s.info.nbytes
                 while left > 0:
@@ -295,16 +294,6 @@ def spill_to_raw(path: str | os.PathLike, member: str | None, dest: str | os.Pat
                     out.write(s._read_exact(step))
                     left -= step
                 s.finish()
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, dest)
-            fsync_dir(dest.parent)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise translate_os_error(exc, dest, "spilling to") from exc
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
         atomic_write_json(marker, ident)
         return s.info
 

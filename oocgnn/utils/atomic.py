@@ -6,10 +6,11 @@ half-written file under the real name.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from oocgnn.errors import translate_os_error
 
@@ -23,20 +24,33 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp + fsync + rename)."""
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, action: str = "writing") -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success fsync it, rename it to
+    ``path`` and fsync the directory.  On any failure the temp file is removed
+    (ENOSPC becomes a :class:`~oocgnn.errors.DiskFullError`), so ``path`` holds
+    either its old content or the complete new one.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         fsync_dir(path.parent)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise translate_os_error(exc, path, "writing") from exc
+        raise translate_os_error(exc, path, action) from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp + fsync + rename)."""
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -23,21 +23,20 @@ from __future__ import annotations
 
 import bisect
 import logging
-import os
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from oocgnn.errors import InputError, InputNotFoundError, translate_os_error
+from oocgnn.errors import InputError, InputNotFoundError
 from oocgnn.io.npy_stream import (NpyMemberInfo, iter_edge_blocks, iter_flat_blocks, open_npy_memmap,
                                   read_npy_info)
 from oocgnn.io.torch_zip import load_torch_pickle
 from oocgnn.prepare.source import SourceInfo
 from oocgnn.prepare.sources.ogbn_papers import (check_split_ids, float_labels_to_int,
                                                 resolve_dataset_dir)
-from oocgnn.utils.atomic import atomic_write_json, fsync_dir, read_json
+from oocgnn.utils.atomic import atomic_output, atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 
@@ -241,21 +240,10 @@ class MAG240MSource:
             except (OSError, ValueError):
                 pass
         marker.unlink(missing_ok=True)
-        tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
         log.info("computing %s (%d rows x %d)", dest.name, num_keys, width)
-        try:
+        with atomic_output(dest) as tmp:
             segment_mean_to_raw(open_npy_memmap(self.edge_paths[edges_rel]), key_row, num_keys, feat, tmp,
                                 str(self.edge_paths[edges_rel]), self.memory_bytes)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, dest)
-            fsync_dir(dest.parent)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise translate_os_error(exc, dest, "writing") from exc
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
         atomic_write_json(marker, ident)
 
     def prepare_scratch(self, workdir: Path) -> None:

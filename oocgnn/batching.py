@@ -87,20 +87,35 @@ def partition_halo_sizes(indptr: np.ndarray, indices: np.ndarray, partition_ptr:
 # ----------------------------------------------------------------------- subgraphs
 @dataclass
 class SubgraphStructure:
-    """Everything about a batch that comes from the CSR (no feature rows)."""
+    """Everything about a batch that comes from the CSR (no feature rows).
+
+    ``crow``/``col`` are int32 when ``B + H`` and ``nnz + B`` fit (int64 otherwise);
+    ``edge_index`` is derived on demand, so a prepared batch waiting in the
+    prefetch queue holds only the CSR (about 8 bytes per edge, not 32).
+    """
 
     ranges: Ranges
     n_id: np.ndarray          #: [B+H] int64 store ids
     batch_size: int
-    crow: np.ndarray          #: [B+1] int64 row pointer of adj_t (with self-loops)
-    col: np.ndarray           #: [nnz+B] int64 local column ids
+    crow: np.ndarray          #: [B+1] int32/int64 row pointer of adj_t (with self-loops)
+    col: np.ndarray           #: [nnz+B] int32/int64 local column ids (same dtype as crow)
     weight: np.ndarray        #: [nnz+B] float32 GCN weights from global degrees
-    edge_index: np.ndarray    #: [2, nnz] int64 local (src=col, dst=row), no self-loops
     deg: np.ndarray           #: [B] float32 degree without self-loop
 
     @property
     def num_halo(self) -> int:
         return len(self.n_id) - self.batch_size
+
+    @property
+    def edge_index(self) -> np.ndarray:
+        """[2, nnz] int64 local (src=col, dst=row), no self-loops, in CSR order."""
+        B = self.batch_size
+        edge = np.ones(len(self.col), dtype=bool)
+        edge[self.crow[:-1]] = False  # the self-loop leads each row
+        out = np.empty((2, len(self.col) - B), dtype=np.int64)
+        out[0] = self.col[edge]
+        out[1] = np.repeat(np.arange(B, dtype=np.int64), np.diff(self.crow) - 1)
+        return out
 
     def adj_t(self) -> torch.Tensor:
         n = len(self.n_id)
@@ -112,13 +127,23 @@ class SubgraphStructure:
             )
 
 
+#: bytes per CSR entry of a batch at the peak of :func:`build_subgraph` (int32 ids), and
+#: retained by a built :class:`SubgraphStructure`; used to size the memory plan
+BUILD_BYTES_PER_EDGE = 32
+KEPT_BYTES_PER_EDGE = 8
+
+
 def build_subgraph(indptr: np.ndarray, indices: np.ndarray, ranges: Ranges) -> SubgraphStructure:
     """Batch rows (the ranges), their 1-hop halo in first-seen order, bipartite CSR.
 
     Vectorised: per range one slice of ``indptr``/``indices`` (sequential reads),
     then numpy over all edges; the only random reads are two ``indptr`` entries
-    per halo node for its global degree.
+    per halo node for its global degree.  Per-edge temporaries are int32 (global
+    ids below 2**31) and freed as soon as they are used: the peak is about
+    :data:`BUILD_BYTES_PER_EDGE` bytes per edge.
     """
+    N = len(indptr) - 1
+    gid = np.int32 if N < 2**31 - 1 else np.int64     # global and local id dtype
     starts = np.array([s for s, _ in ranges], dtype=np.int64)
     ends = np.array([e for _, e in ranges], dtype=np.int64)
     lens = ends - starts
@@ -129,47 +154,63 @@ def build_subgraph(indptr: np.ndarray, indices: np.ndarray, ranges: Ranges) -> S
     # row pointers and columns of the batch rows
     ptr_parts = [np.asarray(indptr[s:e + 1], dtype=np.int64) for s, e in ranges]
     counts = np.concatenate([np.diff(p) for p in ptr_parts]) if ptr_parts else np.empty(0, np.int64)
-    cols = np.concatenate([np.asarray(indices[int(p[0]):int(p[-1])]) for p in ptr_parts]).astype(np.int64, copy=False) \
-        if ptr_parts else np.empty(0, np.int64)
+    cols = np.concatenate([np.asarray(indices[int(p[0]):int(p[-1])]) for p in ptr_parts]) \
+        if ptr_parts else np.empty(0, gid)
+    cols = cols.astype(gid, copy=False)
     nnz = len(cols)
-    row_local = np.repeat(np.arange(B, dtype=np.int64), counts)
 
-    # map columns: in-batch -> local id, else halo
-    r = np.searchsorted(starts, cols, side="right") - 1
-    rc = np.maximum(r, 0)
-    inb = (r >= 0) & (cols < ends[rc])
-    local = np.empty(nnz, dtype=np.int64)
-    local[inb] = offsets[rc[inb]] + cols[inb] - starts[rc[inb]]
-    halo_cols = cols[~inb]
+    # map columns: in-batch -> local id (cols + offset - start of its range), else halo
+    r = np.searchsorted(starts.astype(gid), cols, side="right")
+    r -= 1
+    inb = r >= 0
+    np.maximum(r, 0, out=r)
+    inb &= cols < ends.astype(gid)[r]
+    local = np.empty(nnz, dtype=gid)
+    shift = (offsets[:-1] - starts).astype(gid)
+    local[inb] = cols[inb] + shift[r[inb]]
+    del r
+    out = ~inb
+    del inb
+    halo_cols = cols[out]
+    del cols
     if len(halo_cols):
         uniq, first, inv = np.unique(halo_cols, return_index=True, return_inverse=True)
+        del halo_cols
         order = np.argsort(first, kind="stable")
-        rank = np.empty(len(uniq), dtype=np.int64)
-        rank[order] = np.arange(len(uniq), dtype=np.int64)
-        local[~inb] = B + rank[inv]
-        halo_ids = uniq[order]
+        del first
+        rank = np.empty(len(uniq), dtype=gid)
+        rank[order] = np.arange(B, B + len(uniq), dtype=gid)
+        local[out] = rank[inv]
+        del inv
+        halo_ids = uniq[order].astype(np.int64)
     else:
         halo_ids = np.empty(0, dtype=np.int64)
+    del out
     n_id = np.concatenate((batch_ids, halo_ids))
 
     # global degrees (+1 for the self-loop) and GCN weights
     deg_b = counts.astype(np.float64)
     deg_h = (np.asarray(indptr[halo_ids + 1]) - np.asarray(indptr[halo_ids])).astype(np.float64)
     dinv = 1.0 / np.sqrt(np.concatenate((deg_b, deg_h)) + 1.0)
-    w_edge = dinv[row_local] * dinv[local]
+    cid = np.int32 if max(len(n_id), nnz + B) < 2**31 - 1 else np.int64  # torch: crow and col share a dtype
+    row_local = np.repeat(np.arange(B, dtype=cid), counts)
+    w_edge = dinv[row_local]
+    del row_local
+    w_edge *= dinv[local]
 
     # insert the self-loop first in each row
-    crow = np.empty(B + 1, dtype=np.int64)
+    crow = np.empty(B + 1, dtype=cid)
     crow[0] = 0
     np.cumsum(counts + 1, out=crow[1:])
-    self_pos = crow[:-1]
-    edge_pos = np.arange(nnz, dtype=np.int64) + row_local + 1
-    col = np.empty(nnz + B, dtype=np.int64)
+    is_self = np.zeros(nnz + B, dtype=bool)
+    is_self[crow[:-1]] = True
+    col = np.empty(nnz + B, dtype=cid)
     weight = np.empty(nnz + B, dtype=np.float32)
-    col[self_pos] = np.arange(B, dtype=np.int64)
-    weight[self_pos] = dinv[:B] ** 2
-    col[edge_pos] = local
-    weight[edge_pos] = w_edge
-    edge_index = np.stack((local, row_local))
+    col[is_self] = np.arange(B, dtype=cid)
+    weight[is_self] = dinv[:B] ** 2
+    np.invert(is_self, out=is_self)
+    col[is_self] = local
+    del local
+    weight[is_self] = w_edge
     return SubgraphStructure(ranges=list(ranges), n_id=n_id, batch_size=B, crow=crow, col=col,
-                             weight=weight, edge_index=edge_index, deg=deg_b.astype(np.float32))
+                             weight=weight, deg=deg_b.astype(np.float32))

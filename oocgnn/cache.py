@@ -46,7 +46,7 @@ def next_uses(accesses: list[np.ndarray]) -> list[np.ndarray]:
         return []
     ids = np.concatenate(accesses)
     t = np.repeat(np.arange(len(accesses), dtype=np.int64), [len(a) for a in accesses])
-    order = np.lexsort((t, ids))
+    order = np.argsort(ids, kind="stable")  # ids are concatenated in t order: ties stay sorted by t
     nxt = np.full(len(ids), INF, dtype=np.int64)
     same = ids[order[1:]] == ids[order[:-1]]
     nxt[order[:-1][same]] = t[order[1:][same]]
@@ -61,7 +61,8 @@ class Policy:
         self.ids = np.empty(0, np.int64)
         self.prio = np.empty(0, np.int64)
         self.slot = np.empty(0, np.int64)
-        self.free = list(range(self.capacity))[::-1]
+        self.free = np.arange(self.capacity, dtype=np.int64)[::-1].copy()  # stack of free slots, top = last
+        self.n_free = self.capacity
         self.hits = self.accesses = 0
 
     def lookup(self, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -97,11 +98,13 @@ class Policy:
             idx = idx[np.argpartition(c_prio[idx], self.capacity - 1)[: self.capacity]]
         chosen = np.zeros(len(c_ids), bool)
         chosen[idx] = True
-        for s in c_slot[~chosen & (c_slot >= 0)]:  # evicted rows free their slots
-            self.free.append(int(s))
+        evicted = c_slot[~chosen & (c_slot >= 0)]  # evicted rows free their slots (pushed in order)
+        self.free[self.n_free:self.n_free + len(evicted)] = evicted
+        self.n_free += len(evicted)
         new = chosen & (c_slot < 0)
         n_new = int(new.sum())
-        new_slots = np.array([self.free.pop() for _ in range(n_new)], dtype=np.int64)
+        new_slots = self.free[self.n_free - n_new:self.n_free][::-1].copy()  # popped from the top
+        self.n_free -= n_new
         c_slot[new] = new_slots
         order = np.argsort(c_ids[chosen], kind="stable")
         self.ids, self.prio, self.slot = c_ids[chosen][order], c_prio[chosen][order], c_slot[chosen][order]
@@ -184,8 +187,14 @@ def attach_feature_cache(trainer: Any) -> None:
         return
     width = trainer.ds.num_features
     row_bytes = width * trainer.features.dtype.itemsize
-    room = max(0, trainer.budget - trainer.ring_bytes)
-    capacity = min(int(room * cfg.cache_fraction) // (width * 4), trainer.ds.num_nodes)
+    plan = getattr(trainer, "memory_plan", None)
+    if plan is None:  # trainers built without a memory plan (tests): the old rule
+        capacity = min(int(max(0, trainer.budget - trainer.ring_bytes) * cfg.cache_fraction) // (width * 4),
+                       trainer.ds.num_nodes)
+    else:
+        from oocgnn.train.budget import cache_capacity
+
+        capacity = cache_capacity(trainer, width)
     if capacity < 1:
         return
     trainer.cache = FeatureCache(capacity, width, row_bytes, cfg.cache)

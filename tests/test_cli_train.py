@@ -26,7 +26,7 @@ def test_train_then_eval(store, tmp_path, capsys) -> None:
     cfg = tmp_path / "run.toml"
     cfg.write_text('[model]\nhidden = 8\nlayers = 3\n\n[train]\nepochs = 5\nlr = 0.02\n')
     rc = main(["train", "--data", str(store), "--run-dir", str(run), "--config", str(cfg), "--epochs", "3",
-               "--parts-per-batch", "2", "--prefetch", "2", "--io-threads", "2", "--memory-budget", "256MB",
+               "--parts-per-batch", "2", "--prefetch", "2", "--io-threads", "2", "--memory-budget", "1GB",
                "--history-dtype", "float16", "--no-eval-refresh", "--no-progress"])
     assert rc == 0
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]

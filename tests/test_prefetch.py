@@ -31,8 +31,8 @@ def train(store, tmp_path, **io) -> tuple[list[torch.Tensor], dict]:
 
 
 @pytest.mark.parametrize("io", [dict(prefetch=3, io_threads=4), dict(prefetch=1, io_threads=1),
-                                dict(prefetch=2, io_threads=4, cache="belady", memory_budget="2MB"),
-                                dict(prefetch=2, io_threads=2, cache="lru", memory_budget="2MB")])
+                                dict(prefetch=2, io_threads=4, cache="belady", memory_budget="1GB"),
+                                dict(prefetch=2, io_threads=2, cache="lru", memory_budget="1GB")])
 def test_prefetch_and_threads_do_not_change_results(store, tmp_path, io) -> None:
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
     ref, s_ref = train(store, tmp_path / "a", prefetch=0, io_threads=1, cache="none")

@@ -199,7 +199,9 @@ def run(args: argparse.Namespace) -> int:
             trainer.close()
         finally:
             session.close()
-    log.info("best valid acc %.4f, test acc at best valid %.4f (epoch %d); %.1f s, peak RSS %s",
+    log.info("best valid acc %.4f, test acc at best valid %.4f (epoch %d); %.1f s, peak RSS %s "
+             "(anonymous %s, budget %s; the rest is page cache of memmaps)",
              summary["best_valid_acc"], summary["test_acc_at_best_valid"], summary["best_epoch"],
-             summary["time_s"], format_size(summary["peak_rss_bytes"]))
+             summary["time_s"], format_size(summary["peak_rss_bytes"]), format_size(summary["peak_anon_rss_bytes"]),
+             format_size(summary["memory_budget_bytes"]))
     return 0

@@ -35,6 +35,7 @@ from oocgnn.history import HistorySet
 from oocgnn.models import build_model
 from oocgnn.prefetch import BatchLoader, IOStats, Prefetcher, Slot, advise_random, ring_rows_bound
 from oocgnn.staleness.control import StalenessControl
+from oocgnn.train.budget import plan_memory
 from oocgnn.train.config import RunConfig
 from oocgnn.utils.memory import format_size, resolve_budget
 
@@ -111,13 +112,12 @@ class Trainer:
         halo = partition_halo_sizes(self.indptr, self.indices, self.partition_ptr)
         self.max_rows, self.max_halo = ring_rows_bound(self.partition_ptr, halo, self.cfg.train.parts_per_batch)
         width = max([self.ds.num_features, *self.model.history_channels])
-        n_slots = self.cfg.io.prefetch + 1
         pin = self.device.type == "cuda"
         per_slot = (self.max_rows * width + self.max_halo * sum(self.model.history_channels)) * 4
-        if per_slot * n_slots > self.budget:
-            raise ConfigError(
-                f"staging ring needs {format_size(per_slot * n_slots)} ({n_slots} slots of {format_size(per_slot)}) but "
-                f"--memory-budget is {format_size(self.budget)}: lower --prefetch or --parts-per-batch, or raise the budget")
+        # the whole budget is planned here (ring, batch CSR, builder, activations, cache room)
+        self.memory_plan = plan_memory(self, halo, per_slot)
+        self.prefetch_depth = self.memory_plan["prefetch_depth"]
+        n_slots = self.prefetch_depth + 1
         self.slots = [Slot(self.max_rows, self.max_halo, width, list(self.model.history_channels), pin)
                       for _ in range(n_slots)]
         self.ring_bytes = per_slot * n_slots
@@ -137,7 +137,8 @@ class Trainer:
         return [group_ranges(self.partition_ptr, g) for g in groups]
 
     def prefetcher(self, plan: list, loader: BatchLoader) -> Prefetcher:
-        return Prefetcher(loader, plan, self.slots, self.cfg.io.prefetch, self.labels, self.train_mask, self.device,
+        depth = min(self.cfg.io.prefetch, self.prefetch_depth)  # the memory plan may have lowered it
+        return Prefetcher(loader, plan, self.slots, depth, self.labels, self.train_mask, self.device,
                           self.cfg.io.staleness_bound, step_fn=lambda: self.state.global_step)
 
     # --------------------------------------------------------------- training

@@ -20,7 +20,7 @@ from oocgnn.train.config import RunConfig, save_config
 from oocgnn.train.evaluate import evaluate, export_predictions
 from oocgnn.train.loop import Trainer
 from oocgnn.train.metrics import MetricsLog, write_summary
-from oocgnn.utils.memory import PeakRSSMonitor, current_rss
+from oocgnn.utils.memory import PeakRSSMonitor, current_anon_rss, current_rss
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,9 @@ def fit(trainer: Trainer, progress: ProgressFactory | None = None, session: Any 
                         export_predictions(trainer.ds, preds, run_dir / PREDICTIONS)
             rss.sample()
             rec["rss_bytes"] = current_rss()
-            rec["peak_rss_bytes"] = rss.peak
+            rec["peak_rss_bytes"] = rss.peak  # includes file-backed memmap pages (reclaimable page cache)
+            rec["anon_rss_bytes"] = current_anon_rss()
+            rec["peak_anon_rss_bytes"] = rss.peak_anon  # what --memory-budget bounds
             rec["eval_refresh"] = cfg.eval.eval_refresh
             records.append(rec)
             if metrics is not None:
@@ -96,7 +98,8 @@ def fit(trainer: Trainer, progress: ProgressFactory | None = None, session: Any 
     summary = {
         "best_valid_acc": trainer.state.best_valid_acc, "test_acc_at_best_valid": trainer.state.test_acc_at_best_valid,
         "best_epoch": trainer.state.best_epoch, "epochs": trainer.state.epoch, "steps": trainer.state.global_step,
-        "time_s": time.perf_counter() - t_start, "peak_rss_bytes": rss.peak, "memory_budget_bytes": trainer.budget,
+        "time_s": time.perf_counter() - t_start, "peak_rss_bytes": rss.peak, "peak_anon_rss_bytes": rss.peak_anon,
+        "memory_budget_bytes": trainer.budget, "memory_plan": getattr(trainer, "memory_plan", None),
         "staging_ring_bytes": trainer.ring_bytes, "eval_refresh": cfg.eval.eval_refresh,
         "io_wait_s": sum(r["io_wait_s"] for r in records),
         "train_time_s": sum(r["epoch_time_s"] for r in records),

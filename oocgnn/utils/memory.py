@@ -70,6 +70,24 @@ def current_rss() -> int:
     return psutil.Process().memory_info().rss
 
 
+def current_anon_rss() -> int:
+    """Anonymous resident memory (heap, numpy/torch buffers) of this process, in bytes.
+
+    RSS also counts file-backed pages of memmaps (store features, CSR, history
+    tables): those are reclaimable page cache, so the budget is enforced on this
+    number and both are reported.  Falls back to ``rss - shared`` off Linux.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    mi = psutil.Process().memory_info()
+    return mi.rss - getattr(mi, "shared", 0)
+
+
 def lifetime_peak_rss() -> int:
     """Peak RSS of this process since it started (kernel's ru_maxrss), in bytes."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -90,12 +108,14 @@ class PeakRSSMonitor:
     def __init__(self, interval: float = 0.05) -> None:
         self.interval = interval
         self.peak = 0
+        self.peak_anon = 0  #: peak of :func:`current_anon_rss` (what ``--memory-budget`` bounds)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def sample(self) -> int:
         rss = current_rss()
         self.peak = max(self.peak, rss)
+        self.peak_anon = max(self.peak_anon, current_anon_rss())
         return rss
 
     def _run(self) -> None:

@@ -1,0 +1,102 @@
+"""How one ``--memory-budget`` is split during training, decided before anything is allocated.
+
+The budget bounds *anonymous* memory (``RssAnon``: heap, numpy and torch buffers).
+File-backed pages of the store and history memmaps also show up in RSS, but they
+are reclaimable page cache, so both numbers are reported and only the first is
+planned.  The plan, from the process baseline measured when the trainer is built::
+
+    baseline                         interpreter, torch, labels, last-push steps, ...
+  + (depth + 1) x staging slot       ring (x rows + halo history rows)
+  + (depth + 1) x kept subgraph      CSR of batches waiting in the ring
+  + one subgraph build               build_subgraph temporaries (prefetch thread)
+  + activations of one step          autograd state of forward + backward
+  + write-behind pushes              up to ``max_pending + 1`` batches of pushed rows
+  + runtime reserve                  torch/OpenMP/malloc-arena overhead of the threads
+  + feature cache + Belady lists     whatever is left, times --cache-fraction
+
+Bounds are over *any* group of ``parts_per_batch`` partitions (largest sizes,
+halos and edge counts), so no epoch plan can exceed them.  When the requested
+``--prefetch`` depth does not fit it is lowered (results do not depend on it);
+when even one batch does not fit, :class:`ConfigError` says so in one line.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from oocgnn.batching import BUILD_BYTES_PER_EDGE, KEPT_BYTES_PER_EDGE
+from oocgnn.errors import ConfigError
+from oocgnn.utils.memory import current_anon_rss, format_size
+
+log = logging.getLogger(__name__)
+
+#: autograd state per layer, in units of one [B+H, width] float32 tensor (dropout
+#: mask + output, linear output); one more for the input gradient of the last backward
+ACT_TENSORS_PER_LAYER = 2
+#: backward of a CSR ``sparse.mm`` transposes the adjacency (int64 indices + sort)
+ACT_BYTES_PER_EDGE = 24
+#: Belady bookkeeping per cached row (ids, priority, slot, free stack; policy + shadow)
+CACHE_META_PER_ROW = 2 * 32
+#: torch runtime, thread stacks and per-thread malloc arenas once training runs
+RUNTIME_RESERVE = 48 << 20
+#: next-use lists kept per halo access of an epoch (ids + next use, int64)
+BELADY_BYTES_PER_ACCESS = 16
+
+
+def batch_edges_bound(indptr: np.ndarray, partition_ptr: np.ndarray, parts_per_batch: int) -> int:
+    """Most CSR entries any group of ``parts_per_batch`` partitions can hold."""
+    ptr = np.asarray(indptr[np.asarray(partition_ptr, dtype=np.int64)], dtype=np.int64)
+    per_part = np.sort(np.diff(ptr))[::-1]
+    return int(per_part[: max(1, parts_per_batch)].sum())
+
+
+def plan_memory(trainer: Any, halo_sizes: np.ndarray, per_slot: int) -> dict[str, Any]:
+    """Choose the prefetch depth and the cache room; raise ConfigError if one batch cannot fit."""
+    cfg = trainer.cfg
+    budget = trainer.budget
+    baseline = current_anon_rss()
+    rows, width = trainer.max_rows, max([trainer.ds.num_features, *trainer.model.history_channels])
+    edges = batch_edges_bound(trainer.indptr, trainer.partition_ptr, cfg.train.parts_per_batch) + rows
+    kept = KEPT_BYTES_PER_EDGE * edges + 8 * rows
+    build = BUILD_BYTES_PER_EDGE * edges
+    layers = trainer.cfg.model.layers
+    act = (ACT_TENSORS_PER_LAYER * layers + 1) * rows * width * 4 + ACT_BYTES_PER_EDGE * edges
+
+    sizes = np.sort(np.diff(np.asarray(trainer.partition_ptr, dtype=np.int64)))[::-1]
+    batch_rows = int(sizes[: max(1, cfg.train.parts_per_batch)].sum())
+    hs = trainer.histories
+    push = sum(t.channels * t.array.dtype.itemsize for t in hs.tables) * batch_rows + 16 * batch_rows
+    pushes = (hs._max_pending + 1) * push + RUNTIME_RESERVE
+
+    def need(depth: int) -> int:
+        return (depth + 1) * (per_slot + kept) + build + act + pushes
+
+    room = budget - baseline
+    depth = cfg.io.prefetch
+    while depth > 0 and need(depth) > room:
+        depth -= 1
+    if need(depth) > room:
+        raise ConfigError(
+            f"--memory-budget {format_size(budget)} cannot hold one batch: process baseline {format_size(baseline)} + "
+            f"staging ring {format_size(per_slot)} + subgraph {format_size(kept + build)} + activations "
+            f"{format_size(act)} + write-behind {format_size(pushes)} = {format_size(baseline + need(0))} (largest batch {rows:,} rows, {edges:,} edges); "
+            f"use fewer --parts-per-batch or more partitions (oocgnn prepare --partitions), or raise the budget")
+    if depth < cfg.io.prefetch:
+        log.warning("--prefetch %d does not fit --memory-budget %s: reading %d batch(es) ahead", cfg.io.prefetch,
+                    format_size(budget), depth)
+    belady = BELADY_BYTES_PER_ACCESS * int(np.sum(halo_sizes)) if cfg.io.cache == "belady" else 0
+    left = room - need(depth)
+    return {"budget_bytes": budget, "baseline_anon_bytes": baseline, "prefetch_depth": depth,
+            "staging_ring_bytes": (depth + 1) * per_slot, "subgraph_bytes": (depth + 1) * kept + build,
+            "activation_bytes": act, "writebehind_and_runtime_bytes": pushes, "belady_bytes": belady, "cache_room_bytes": max(0, left - belady),
+            "planned_peak_anon_bytes": baseline + need(depth)}
+
+
+def cache_capacity(trainer: Any, width: int) -> int:
+    """Rows of the feature cache that fit its share of the planned room."""
+    room = trainer.memory_plan["cache_room_bytes"] * trainer.cfg.io.cache_fraction
+    rows = min(int(room) // (width * 4 + CACHE_META_PER_ROW), trainer.ds.num_nodes)
+    trainer.memory_plan["cache_bytes"] = rows * (width * 4 + CACHE_META_PER_ROW)
+    return rows

@@ -50,11 +50,13 @@ METHODS = {
 def prepare(work: Path, name: str, partitions: int) -> Path:
     out = work / f"store_{name}"
     cmd = [sys.executable, "-m", "oocgnn.cli.main", "prepare"]
-    if name == "photo":
-        root = work / "pyg"
+    pyg = {"photo": ("Amazon", "Photo"), "cs": ("Coauthor", "CS")}
+    if name in pyg:
+        cls, dname = pyg[name]
+        root = work / f"pyg_{cls}"
         if not root.exists():
-            shutil.copytree(SHARED / "Amazon", root)
-        cmd += ["pyg", "--class", "Amazon", "--name", "Photo", "--root", str(root)]
+            shutil.copytree(SHARED / cls, root)
+        cmd += ["pyg", "--class", cls, "--name", dname, "--root", str(root)]
     else:
         cmd += ["synthetic", "--nodes", "8000", "--edges", "80000", "--features", "32", "--classes", "8"]
     cmd += ["--partitions", str(partitions), "--out", str(out), "--no-progress"]
@@ -97,7 +99,7 @@ def run_one(store: Path, scfg: StalenessConfig, model: str, seed: int, epochs: i
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--datasets", default="photo,synthetic")
+    p.add_argument("--datasets", default="photo,synthetic", help="comma list of photo, cs, synthetic")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--epochs", type=int, default=3)

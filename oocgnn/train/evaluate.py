@@ -24,6 +24,7 @@ import torch
 from oocgnn.batching import fixed_plan, group_ranges
 from oocgnn.history import HistorySet
 from oocgnn.prefetch import BatchLoader
+from oocgnn.utils.atomic import atomic_output
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +113,6 @@ def export_predictions(ds: Any, preds: np.ndarray, path: str | Path) -> None:
     perm = np.asarray(ds.perm, dtype=np.int64)
     out = np.full(len(preds), -1, dtype=np.int64)
     out[perm] = preds
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.save(f, out)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, out)

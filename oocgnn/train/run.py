@@ -9,7 +9,6 @@ library never writes to the terminal.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -20,6 +19,7 @@ from oocgnn.train.config import RunConfig, save_config
 from oocgnn.train.evaluate import evaluate, export_predictions
 from oocgnn.train.loop import Trainer
 from oocgnn.train.metrics import MetricsLog, write_summary
+from oocgnn.utils.atomic import atomic_output
 from oocgnn.utils.memory import PeakRSSMonitor, current_anon_rss, current_rss
 
 log = logging.getLogger(__name__)
@@ -33,12 +33,9 @@ ProgressFactory = Callable[[int, int], tuple[Callable[[dict[str, Any]], None], C
 
 
 def save_torch(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """``torch.save`` atomically (temp, fsync, rename): a crash never leaves half a model."""
+    with atomic_output(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def fit(trainer: Trainer, progress: ProgressFactory | None = None, session: Any = None) -> dict[str, Any]:

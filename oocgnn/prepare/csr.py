@@ -87,10 +87,15 @@ def _entries(edge_blocks: EdgeBlocks, num_nodes: int, symmetric: bool, relabel: 
         yield src, dst
 
 
+def max_bucket_rows(num_nodes: int) -> int:
+    """Most rows one sort bucket may span so that ``local_row * N + col`` fits int64."""
+    return max(1, (2**63 - 1) // max(num_nodes, 1) - 1)
+
+
 def _bucket_bounds(counts: np.ndarray, max_keys: int, num_nodes: int) -> np.ndarray:
     """Row boundaries such that each bucket holds at most ``max_keys`` entries
     (a single row may exceed it; it then gets a bucket of its own)."""
-    max_rows = max(1, (2**63 - 1) // max(num_nodes, 1) - 1)  # keep local_row * N + col in int64
+    max_rows = max_bucket_rows(num_nodes)
     cum = np.cumsum(counts, dtype=np.int64)
     bounds = [0]
     while bounds[-1] < num_nodes:

@@ -12,13 +12,22 @@ no data) so the metrics compare the two policies on the same access stream.
 Decisions are made per batch with vectorised numpy over ``cached ∪ accessed``
 ids, never per row in Python.  Bookkeeping per epoch is ``O(sum of halo sizes)``
 int64 (the access stream); the row buffer is ``capacity x F`` float32 within the
-memory budget.  Features are read-only, so the cache never goes stale; history
-rows are *not* cached here (recently pushed rows are served by the write-behind
-buffer or the page cache, see :mod:`oocgnn.history`).
+memory budget.  Features are read-only, so the cache never goes stale.
+
+:class:`HistoryCache` (one per history table) reuses the same bookkeeping on the
+same access stream (a history table's halo reads are the feature cache's halo
+reads).  It is kept coherent with pushes: :meth:`HistorySet._land` hands every
+landed push to :meth:`HistoryCache.on_land`, which overwrites cached copies of the
+pushed rows *before* ``landed_seq`` advances, and gathers/updates are serialised
+by a lock (a miss read and its insertion are atomic w.r.t. a land).  So a cached
+row always equals the table as of every landed push <= the loader's snapshot,
+exactly what an uncached gather returns; later pushes are patched by
+:meth:`HistorySet.patch` as before (``--staleness-bound`` unchanged).
 """
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any, Callable
 
 import numpy as np
@@ -126,17 +135,10 @@ class FeatureCache:
         self.policy = Policy(self.capacity, self.kind)
         self.shadow = Policy(self.capacity, "lru" if self.kind == "belady" else "belady")
 
-    def begin_epoch(self, trainer: Any, plan: list[Ranges]) -> None:
-        self.accesses = [batch_halo(trainer.indptr, trainer.indices, r) for r in plan]
-        self.nus = next_uses(self.accesses)
+    def begin_epoch(self, trainer: Any, plan: list[Ranges], pre: tuple | None = None) -> None:
+        """Load the epoch's access stream; ``pre`` = :func:`plan_accesses` shared by several caches."""
+        self.accesses, self.nus, uniq, first = pre if pre is not None else plan_accesses(trainer, plan)
         self.t = 0
-        first = np.full(0, INF, np.int64)
-        uniq = np.empty(0, np.int64)
-        if self.accesses:
-            ids = np.concatenate(self.accesses)
-            t = np.repeat(np.arange(len(self.accesses), dtype=np.int64), [len(a) for a in self.accesses])
-            uniq, idx = np.unique(ids, return_index=True)  # ids are in plan order: first use
-            first = t[idx]
         for p in (self.policy, self.shadow):
             p.hits = p.accesses = 0
             if p.kind == "belady" and len(p.ids):  # re-rank cached rows by first use in the new plan
@@ -172,30 +174,131 @@ class FeatureCache:
             self.buf[torch.from_numpy(ins_slots)] = tmp[torch.from_numpy(miss_pos[ins_pos])]
 
     def epoch_metrics(self) -> dict[str, Any]:
-        p, s = self.policy, self.shadow
-        return {"cache_policy": p.kind, "cache_rows": self.capacity,
-                "cache_hit_rate": p.hits / p.accesses if p.accesses else 0.0,
-                "cache_bytes_saved": p.hits * self.row_bytes,
-                f"cache_hit_rate_{s.kind}_same_size": s.hits / s.accesses if s.accesses else 0.0,
-                f"cache_bytes_saved_{s.kind}_same_size": s.hits * self.row_bytes}
+        return cache_metrics([self], "cache")
+
+
+def cache_metrics(caches: list[FeatureCache], prefix: str) -> dict[str, Any]:
+    """Hit rate and bytes saved pooled over ``caches`` (same policy), with the same-size shadow's figures."""
+    p0, s0 = caches[0].policy, caches[0].shadow
+    hits = sum(c.policy.hits for c in caches)
+    acc = sum(c.policy.accesses for c in caches)
+    s_hits = sum(c.shadow.hits for c in caches)
+    s_acc = sum(c.shadow.accesses for c in caches)
+    return {f"{prefix}_policy": p0.kind, f"{prefix}_rows": caches[0].capacity,
+            f"{prefix}_hit_rate": hits / acc if acc else 0.0,
+            f"{prefix}_bytes_saved": sum(c.policy.hits * c.row_bytes for c in caches),
+            f"{prefix}_hit_rate_{s0.kind}_same_size": s_hits / s_acc if s_acc else 0.0,
+            f"{prefix}_bytes_saved_{s0.kind}_same_size": sum(c.shadow.hits * c.row_bytes for c in caches)}
+
+
+def plan_accesses(trainer: Any, plan: list[Ranges]) -> tuple:
+    """(halo ids per batch, their next uses, unique ids, first use of each) for one epoch plan."""
+    accesses = [batch_halo(trainer.indptr, trainer.indices, r) for r in plan]
+    nus = next_uses(accesses)
+    first = np.full(0, INF, np.int64)
+    uniq = np.empty(0, np.int64)
+    if accesses:
+        ids = np.concatenate(accesses)
+        t = np.repeat(np.arange(len(accesses), dtype=np.int64), [len(a) for a in accesses])
+        uniq, idx = np.unique(ids, return_index=True)  # ids are in plan order: first use
+        first = t[idx]
+    return accesses, nus, uniq, first
+
+
+class HistoryCache(FeatureCache):
+    """Halo rows of one history table (float32 copies), coherent with landed pushes.
+
+    :meth:`gather` runs on the prefetch thread, :meth:`on_land` on the history
+    writer thread (inside :meth:`HistorySet._land`, before ``landed_seq`` moves);
+    one lock serialises them, so a row read from the table on a miss and then
+    inserted cannot miss a push that landed in between.
+    """
+
+    def __init__(self, capacity: int, width: int, row_bytes: int, policy: str = "belady") -> None:
+        super().__init__(capacity, width, row_bytes, policy)
+        self.lock = threading.Lock()
+        self.updated_rows = 0  #: cached rows overwritten by landed pushes (run total)
+
+    def gather(self, halo: np.ndarray, out: torch.Tensor, miss_fn: Callable[[np.ndarray, torch.Tensor], None]) -> None:
+        with self.lock:
+            super().gather(halo, out, miss_fn)
+
+    def on_land(self, ids: np.ndarray, values: np.ndarray) -> None:
+        """A push of ``values[i]`` (table dtype) to row ``ids[i]`` has been written: refresh cached copies."""
+        with self.lock:
+            if not len(self.policy.ids) or not len(ids):
+                return
+            hit, pos = self.policy.lookup(np.asarray(ids, dtype=np.int64))
+            if hit.any():
+                self.buf[torch.from_numpy(self.policy.slot[pos[hit]])] = torch.from_numpy(
+                    np.ascontiguousarray(values[hit])).to(torch.float32)
+                self.updated_rows += int(hit.sum())
+
+    def clear(self) -> None:
+        """Forget every cached row (a table was rewritten outside :meth:`HistorySet.push`)."""
+        with self.lock:
+            self._reset()
+
+
+def row_caches(trainer: Any) -> list[FeatureCache]:
+    """The trainer's feature cache and history caches that exist."""
+    hist = [c for c in (getattr(trainer, "hist_caches", None) or []) if c is not None]
+    return ([trainer.cache] if getattr(trainer, "cache", None) is not None else []) + hist
+
+
+def begin_epoch_caches(trainer: Any, plan: list[Ranges]) -> None:
+    """Give every row cache the epoch's access stream (computed once, shared)."""
+    caches = row_caches(trainer)
+    if caches:
+        pre = plan_accesses(trainer, plan)
+        for c in caches:
+            c.begin_epoch(trainer, plan, pre)
+
+
+def caches_epoch_metrics(trainer: Any) -> dict[str, Any]:
+    """``cache_*`` (features) and ``hist_cache_*`` (all history tables pooled) metrics."""
+    rec: dict[str, Any] = {}
+    if getattr(trainer, "cache", None) is not None:
+        rec.update(trainer.cache.epoch_metrics())
+    hist = [c for c in (getattr(trainer, "hist_caches", None) or []) if c is not None]
+    if hist:
+        rec.update(cache_metrics(hist, "hist_cache"))
+        rec["hist_cache_push_updates"] = sum(c.updated_rows for c in hist)
+    return rec
 
 
 def attach_feature_cache(trainer: Any) -> None:
-    """Give ``trainer`` a feature cache sized from ``cache_fraction`` of its memory budget."""
+    """Give ``trainer`` its row caches (features and, for on-disk histories, every history table).
+
+    The cache share of the memory plan is split so every cache holds the same number
+    of rows: each halo access reads one feature row and one row of every table, so
+    this is the split proportional to row bytes x expected reads.
+    """
     cfg = trainer.cfg.io
     if cfg.in_memory:
         return
     width = trainer.ds.num_features
     row_bytes = width * trainer.features.dtype.itemsize
+    hs = getattr(trainer, "histories", None)
+    tables = [t for t in (hs.tables if hs is not None else [])]
+    # in-RAM tables (no run dir) gain nothing from a copy
+    hist_widths = [t.channels for t in tables] if tables and all(t.path is not None for t in tables) else []
     plan = getattr(trainer, "memory_plan", None)
     if plan is None:  # trainers built without a memory plan (tests): the old rule
-        capacity = min(int(max(0, trainer.budget - trainer.ring_bytes) * cfg.cache_fraction) // (width * 4),
-                       trainer.ds.num_nodes)
+        capacity = min(int(max(0, trainer.budget - trainer.ring_bytes) * cfg.cache_fraction)
+                       // ((width + sum(hist_widths)) * 4), trainer.ds.num_nodes)
     else:
         from oocgnn.train.budget import cache_capacity
 
-        capacity = cache_capacity(trainer, width)
+        capacity = cache_capacity(trainer, width, hist_widths)
     if capacity < 1:
         return
     trainer.cache = FeatureCache(capacity, width, row_bytes, cfg.cache)
     log.info("feature cache: %d rows (%s eviction, LRU/Belady shadow for comparison)", capacity, cfg.cache)
+    if hist_widths:
+        trainer.hist_caches = [HistoryCache(capacity, t.channels, t.row_bytes, cfg.cache) for t in tables]
+        hs.caches = list(trainer.hist_caches)
+        log.info("history caches: %d rows x %d tables, coherent with pushes", capacity, len(tables))
+
+
+attach_row_caches = attach_feature_cache

@@ -140,6 +140,8 @@ class HistorySet:
         #: undo journal of first overwrites since the last checkpoint, set by
         #: oocgnn.checkpoint.RunSession; called around every land, on the writer thread
         self.journal = None
+        #: per-table row caches (oocgnn.cache.HistoryCache or None), refreshed by every land
+        self.caches: list = [None] * len(self.tables)
 
     def __len__(self) -> int:
         return len(self.tables)
@@ -190,6 +192,8 @@ class HistorySet:
         for t, v in zip(p.tables, p.values):
             self.tables[t].write(p.ranges, p.ids if p.ranges is None else None, v)
             self.bytes_written += v.nbytes
+            if self.caches[t] is not None:  # before landed_seq moves: coherent for any later snapshot
+                self.caches[t].on_land(p.ids, v)
         if self.journal is not None:
             self.journal.after_land(p.tables, p.ids, p.step)
 

@@ -111,8 +111,10 @@ class BatchLoader:
 
     def __init__(self, indptr: np.ndarray, indices: np.ndarray, x_source: np.ndarray | HistoryTable,
                  histories: HistorySet | None, hist_tables: list[int], pool: ThreadPoolExecutor | None,
-                 io_threads: int = 1, cache: object | None = None) -> None:
+                 io_threads: int = 1, cache: object | None = None, hist_caches: list | None = None) -> None:
         self.indptr, self.indices = indptr, indices
+        #: per-table HistoryCache (or None), indexed by table; only for loaders whose plan the caches know
+        self.hist_caches = hist_caches
         self.histories, self.hist_tables = histories, hist_tables
         self.pool, self.io_threads, self.cache = pool, max(1, io_threads), cache
         if isinstance(x_source, HistoryTable):
@@ -165,8 +167,13 @@ class BatchLoader:
         for t in self.hist_tables:
             table = self.histories.tables[t]
             h = slot.hist[t][: n - B]
-            self._gather(table._t, halo, h)
-            st.history_bytes += (n - B) * table.row_bytes
+            hc = self.hist_caches[t] if self.hist_caches else None
+            if hc is not None:  # hits are as fresh as the table at the snapshot (see HistoryCache)
+                hc.gather(halo, h, lambda ids, out, src=table._t: self._gather(src, ids, out))
+                st.history_bytes += hc.last_misses * table.row_bytes
+            else:
+                self._gather(table._t, halo, h)
+                st.history_bytes += (n - B) * table.row_bytes
             hist.append(h)
         return Prepared(sub, slot, x, hist, snap, st)
 

@@ -80,7 +80,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--staleness-bound", type=int,
                    help="history pushes a prefetched halo row may miss; 0 = exact GAS semantics (default 0)")
     g.add_argument("--cache", choices=("belady", "lru", "none"),
-                   help="hot feature-row cache eviction policy (default belady: uses the known epoch plan)")
+                   help="eviction policy of the hot halo-row caches, features and histories (default belady: uses the known epoch plan)")
     g.add_argument("--cache-fraction", type=float, help="share of the memory budget for the row cache (default 0.25)")
     g.add_argument("--in-memory", action=argparse.BooleanOptionalAction, default=None,
                    help="load features and keep histories in RAM (baseline for benchmarks; default off)")

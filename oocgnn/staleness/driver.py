@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from oocgnn.batch import SubgraphBatch
+from oocgnn.cache import begin_epoch_caches, caches_epoch_metrics
 from oocgnn.prefetch import BatchLoader
 from oocgnn.staleness.control import StalenessControl
 
@@ -73,9 +74,9 @@ def train_epoch(trainer: Any, control: StalenessControl,
     t0 = time.perf_counter()
     actions = control.plan_epoch(trainer)
     loader = BatchLoader(trainer.indptr, trainer.indices, trainer.features, trainer.histories,
-                         list(range(len(trainer.histories))), trainer.pool, trainer.cfg.io.io_threads, trainer.cache)
-    if trainer.cache is not None:
-        trainer.cache.begin_epoch(trainer, [a.ranges for a in actions])
+                         list(range(len(trainer.histories))), trainer.pool, trainer.cfg.io.io_threads, trainer.cache,
+                         getattr(trainer, "hist_caches", None))
+    begin_epoch_caches(trainer, [a.ranges for a in actions])
     written0 = trainer.histories.bytes_written
     pf = trainer.prefetcher([a.ranges for a in actions], loader)
     losses: list[float] = []
@@ -112,7 +113,6 @@ def train_epoch(trainer: Any, control: StalenessControl,
         "patched_from_pending": stats.patched_pending, "patched_from_table": stats.patched_table,
         "stale_rows_read": stats.stale_rows,
         "hist_age_mean": ages_sum / ages_n if ages_n else None, "hist_never_written": never}
-    if trainer.cache is not None:
-        rec.update(trainer.cache.epoch_metrics())
+    rec.update(caches_epoch_metrics(trainer))
     rec.update(control.epoch_record(trainer))
     return rec

@@ -12,7 +12,8 @@ planned.  The plan, from the process baseline measured when the trainer is built
   + activations of one step          autograd state of forward + backward
   + write-behind pushes              up to ``max_pending + 1`` batches of pushed rows
   + runtime reserve                  torch/OpenMP/malloc-arena overhead of the threads
-  + feature cache + Belady lists     whatever is left, times --cache-fraction
+  + row caches + Belady lists        whatever is left, times --cache-fraction
+                                   (features + history tables, equal rows each)
 
 Bounds are over *any* group of ``parts_per_batch`` partitions (largest sizes,
 halos and edge counts), so no epoch plan can exceed them.  When the requested
@@ -94,9 +95,17 @@ def plan_memory(trainer: Any, halo_sizes: np.ndarray, per_slot: int) -> dict[str
             "planned_peak_anon_bytes": baseline + need(depth)}
 
 
-def cache_capacity(trainer: Any, width: int) -> int:
-    """Rows of the feature cache that fit its share of the planned room."""
+def cache_capacity(trainer: Any, width: int, hist_widths: list[int] | tuple[int, ...] = ()) -> int:
+    """Rows per row cache (features, and one per history table in ``hist_widths``) in the cache share.
+
+    Every halo access reads one feature row and one row of each table, so expected
+    reads per row are equal and the share proportional to row bytes x reads gives
+    every cache the same number of rows.
+    """
     room = trainer.memory_plan["cache_room_bytes"] * trainer.cfg.io.cache_fraction
-    rows = min(int(room) // (width * 4 + CACHE_META_PER_ROW), trainer.ds.num_nodes)
-    trainer.memory_plan["cache_bytes"] = rows * (width * 4 + CACHE_META_PER_ROW)
+    per_row = sum(w * 4 + CACHE_META_PER_ROW for w in (width, *hist_widths))
+    rows = min(int(room) // per_row, trainer.ds.num_nodes)
+    trainer.memory_plan["cache_bytes"] = rows * per_row
+    trainer.memory_plan["feature_cache_bytes"] = rows * (width * 4 + CACHE_META_PER_ROW)
+    trainer.memory_plan["hist_cache_bytes"] = rows * sum(w * 4 + CACHE_META_PER_ROW for w in hist_widths)
     return rows

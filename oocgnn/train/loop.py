@@ -33,6 +33,7 @@ from oocgnn.batching import epoch_plan, group_ranges, partition_halo_sizes
 from oocgnn.errors import ConfigError
 from oocgnn.history import HistorySet
 from oocgnn.models import build_model
+from oocgnn.cache import begin_epoch_caches, caches_epoch_metrics
 from oocgnn.prefetch import BatchLoader, IOStats, Prefetcher, Slot, advise_random, ring_rows_bound
 from oocgnn.staleness.control import StalenessControl
 from oocgnn.train.budget import plan_memory
@@ -105,6 +106,7 @@ class Trainer:
         self._build_ring()
         self._pool: ThreadPoolExecutor | None = None
         self.cache = None  # feature cache, attached by oocgnn.cache when the budget allows
+        self.hist_caches: list | None = None  # per-table history caches (same attach)
         self.last_stats = IOStats()
 
     # ------------------------------------------------------------ staging ring
@@ -197,9 +199,9 @@ class Trainer:
         t0 = time.perf_counter()
         plan = self.plan(self.state.epoch)
         loader = BatchLoader(self.indptr, self.indices, self.features, self.histories,
-                             list(range(len(self.histories))), self.pool, self.cfg.io.io_threads, self.cache)
-        if self.cache is not None:
-            self.cache.begin_epoch(self, plan[self.state.position:])
+                             list(range(len(self.histories))), self.pool, self.cfg.io.io_threads, self.cache,
+                             getattr(self, "hist_caches", None))
+        begin_epoch_caches(self, plan[self.state.position:])
         written0 = self.histories.bytes_written
         pf = self.prefetcher(plan[self.state.position:], loader)
         losses, ages_sum, ages_n, never = [], 0, 0, 0
@@ -232,8 +234,7 @@ class Trainer:
                "stale_rows_read": st.stale_rows,
                "hist_age_mean": ages_sum / ages_n if ages_n else None,
                "hist_never_written": never}
-        if self.cache is not None:
-            rec.update(self.cache.epoch_metrics())
+        rec.update(caches_epoch_metrics(self))
         return rec
 
     # ------------------------------------------------------------------ state

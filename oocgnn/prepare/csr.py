@@ -37,8 +37,9 @@ log = logging.getLogger(__name__)
 EdgeBlocks = Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]
 
 #: Bytes of RAM one edge key needs while its bucket is sorted and de-duplicated
-#: (key 8 + duplicate mask 1 + compacted copy 8, plus slack).
-_SORT_BYTES_PER_KEY = 20
+#: (key 8 + duplicate mask 1 + compacted copy 8, plus slack; 20 measured 0.15 % over
+#: a 12 GB budget on 2 B entries).
+_SORT_BYTES_PER_KEY = 22
 #: Keys decoded to (row, col) at a time after sorting.
 _DECODE_SLICE = 1 << 24
 

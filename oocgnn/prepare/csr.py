@@ -20,6 +20,7 @@ are int64; column ids are int32 while ``N < 2**31``.
 from __future__ import annotations
 
 import logging
+import mmap
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,6 +199,17 @@ def build_csr(edge_blocks: EdgeBlocks, num_nodes: int, out_indptr: Path, out_ind
     return result
 
 
+def _release_mapped_pages(arr: np.ndarray) -> None:
+    """Drop a read-only memmap's pages from this process (they stay in the page cache).
+
+    Streaming a 7 GB memmap otherwise leaves every touched page mapped, and RSS
+    grows by the file size although the memory is reclaimable.
+    """
+    mm = getattr(arr, "_mmap", None)
+    if mm is not None and hasattr(mmap, "MADV_DONTNEED"):
+        mm.madvise(mmap.MADV_DONTNEED)
+
+
 def iter_csr_edges(indptr: np.ndarray, indices: np.ndarray, block_edges: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Stream the entries of a CSR (memmaps welcome) as ``(row, col)`` blocks."""
     num_nodes = len(indptr) - 1
@@ -209,5 +221,6 @@ def iter_csr_edges(indptr: np.ndarray, indices: np.ndarray, block_edges: int) ->
         ptr = np.asarray(indptr[row:stop_row + 1])
         cols = np.asarray(indices[ptr[0]:ptr[-1]], dtype=np.int64)
         rows = np.repeat(np.arange(row, stop_row, dtype=np.int64), np.diff(ptr))
+        _release_mapped_pages(indices)
         yield rows, cols
         row = stop_row

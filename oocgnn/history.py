@@ -26,6 +26,7 @@ import torch
 
 from oocgnn.batching import Ranges, ranges_to_ids
 from oocgnn.errors import OocgnnError
+from oocgnn.utils.mapped import register_mapped
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class HistoryTable:
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 arr = np.lib.format.open_memmap(self.path, mode="w+", dtype=npdt, shape=shape)
-            self.array = arr
+            self.array = register_mapped(arr)
         self._t = torch.from_numpy(np.asarray(self.array).view(self.array.dtype))
 
     @property

@@ -20,7 +20,6 @@ are int64; column ids are int32 while ``N < 2**31``.
 from __future__ import annotations
 
 import logging
-import mmap
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from tqdm.auto import tqdm
 from oocgnn.errors import InputError, translate_os_error
 from oocgnn.store.format import indices_dtype
 from oocgnn.store.npyfile import NpyWriter
+from oocgnn.utils.mapped import release_pages
 
 log = logging.getLogger(__name__)
 
@@ -199,17 +199,6 @@ def build_csr(edge_blocks: EdgeBlocks, num_nodes: int, out_indptr: Path, out_ind
     return result
 
 
-def _release_mapped_pages(arr: np.ndarray) -> None:
-    """Drop a read-only memmap's pages from this process (they stay in the page cache).
-
-    Streaming a 7 GB memmap otherwise leaves every touched page mapped, and RSS
-    grows by the file size although the memory is reclaimable.
-    """
-    mm = getattr(arr, "_mmap", None)
-    if mm is not None and hasattr(mmap, "MADV_DONTNEED"):
-        mm.madvise(mmap.MADV_DONTNEED)
-
-
 def iter_csr_edges(indptr: np.ndarray, indices: np.ndarray, block_edges: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Stream the entries of a CSR (memmaps welcome) as ``(row, col)`` blocks."""
     num_nodes = len(indptr) - 1
@@ -221,6 +210,6 @@ def iter_csr_edges(indptr: np.ndarray, indices: np.ndarray, block_edges: int) ->
         ptr = np.asarray(indptr[row:stop_row + 1])
         cols = np.asarray(indices[ptr[0]:ptr[-1]], dtype=np.int64)
         rows = np.repeat(np.arange(row, stop_row, dtype=np.int64), np.diff(ptr))
-        _release_mapped_pages(indices)
+        release_pages(indices)  # streaming a 7 GB memmap would otherwise map all of it into RSS
         yield rows, cols
         row = stop_row

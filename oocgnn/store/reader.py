@@ -18,11 +18,12 @@ import zarr
 
 from oocgnn.errors import StoreError
 from oocgnn.store import format as fmt
+from oocgnn.utils.mapped import register_mapped
 
 
 def _load_npy_memmap(path: Path) -> np.memmap:
     try:
-        return np.load(path, mmap_mode="r")
+        return register_mapped(np.load(path, mmap_mode="r"))
     except FileNotFoundError:
         raise StoreError(f"store file missing: {path}; re-run `oocgnn prepare` for this store") from None
     except (ValueError, OSError) as exc:

@@ -19,6 +19,7 @@ import copy
 import logging
 import math
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,8 +37,9 @@ from oocgnn.models import build_model
 from oocgnn.cache import begin_epoch_caches, caches_epoch_metrics
 from oocgnn.prefetch import BatchLoader, IOStats, Prefetcher, Slot, advise_random, ring_rows_bound
 from oocgnn.staleness.control import StalenessControl
-from oocgnn.train.budget import plan_memory
+from oocgnn.train.budget import mapped_window, plan_memory
 from oocgnn.train.config import RunConfig
+from oocgnn.utils.mapped import MappedPageReleaser
 from oocgnn.utils.memory import format_size, resolve_budget
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,11 @@ class Trainer:
     def __init__(self, ds: Any, cfg: RunConfig, run_dir: str | Path | None = None,
                  model: torch.nn.Module | None = None) -> None:
         self.ds, self.cfg = ds, cfg
+        self.budget = resolve_budget(cfg.io.memory_budget)
+        # memmapped store/history pages count in RSS: keep them under a window of the budget from the
+        # first read on (the halo sizes below already scan the whole CSR); stopped by close() or GC
+        self._releaser = MappedPageReleaser(mapped_window(self.budget)).__enter__()
+        self._stop_releaser = weakref.finalize(self, self._releaser.__exit__)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.device = torch.device(cfg.io.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
@@ -102,7 +109,6 @@ class Trainer:
         self.train_mask[ds.split("train")] = True
         self.partition_ptr = np.asarray(ds.partition_ptr, dtype=np.int64)
 
-        self.budget = resolve_budget(cfg.io.memory_budget)
         self._build_ring()
         self._pool: ThreadPoolExecutor | None = None
         self.cache = None  # feature cache, attached by oocgnn.cache when the budget allows
@@ -272,7 +278,7 @@ class Trainer:
         self.staleness.attach_journal(journal, first_index, steps)
 
     def close(self) -> None:
-        """Land pending pushes, join the writer threads and the I/O pool."""
+        """Land pending pushes, join the writer threads, the I/O pool and the page releaser."""
         self.histories.close()
         self.staleness.close()
         scratch = getattr(self, "_eval_scratch", None)
@@ -281,3 +287,4 @@ class Trainer:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+        self._stop_releaser()

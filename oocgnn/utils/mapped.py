@@ -1,0 +1,130 @@
+"""Keep the file pages our memmaps map into RSS under a fixed window.
+
+Every row gathered from a memmap (features, CSR, history tables) maps a 4 KiB
+page of the file into this process.  Those pages are page cache, but they count
+in RSS until unmapped, so a long epoch over a 33 GB store would report a
+resident set far above ``--memory-budget`` even though the anonymous part stays
+inside it.  :class:`MappedPageReleaser` polls ``RssFile + RssShmem`` and, when it
+passes the window, calls ``madvise(MADV_DONTNEED)`` on every registered mapping:
+the pages leave our page tables but stay in the page cache (a later access is a
+minor fault), and dirty pages of a shared mapping are kept and written back by
+the kernel, so nothing is lost.  Only shared mappings (``mode`` ``r``, ``r+``,
+``w+``) are registered: on a private copy-on-write mapping DONTNEED would drop
+modifications.
+"""
+from __future__ import annotations
+
+import logging
+import mmap
+import threading
+import weakref
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+#: every shared memmap opened through :func:`register_mapped` (weak: closing a table drops it)
+_REGISTRY: "weakref.WeakSet[mmap.mmap]" = weakref.WeakSet()
+_LOCK = threading.Lock()
+_SHARED_MODES = ("r", "r+", "w+", "readonly", "readwrite", "write")
+
+
+def _mmap_of(array: np.ndarray) -> mmap.mmap | None:
+    """The ``mmap`` object behind a numpy memmap (or a view of one), if any."""
+    a: object = array
+    while a is not None:
+        mm = getattr(a, "_mmap", None)
+        if mm is not None:
+            return mm if getattr(a, "mode", "r") in _SHARED_MODES else None
+        a = getattr(a, "base", None)
+    return None
+
+
+def register_mapped(array: np.ndarray) -> np.ndarray:
+    """Let the releaser unmap this memmap's pages; returns ``array`` (no-op for RAM arrays)."""
+    mm = _mmap_of(array)
+    if mm is not None and hasattr(mmap, "MADV_DONTNEED"):
+        with _LOCK:
+            _REGISTRY.add(mm)
+    return array
+
+
+def release_pages(array: np.ndarray) -> bool:
+    """Drop the pages of one shared memmap (or a view of one) from our page tables; True if it had a map.
+
+    For a stream over a memmap far larger than RAM (the CSR stages of ``prepare``), where
+    every touched page would otherwise stay mapped and RSS would grow by the file size.
+    """
+    mm = _mmap_of(array)
+    if mm is None or not hasattr(mmap, "MADV_DONTNEED"):
+        return False
+    mm.madvise(mmap.MADV_DONTNEED)
+    return True
+
+
+def release_mapped_pages() -> int:
+    """Drop every registered mapping's pages from our page tables; returns mappings released."""
+    with _LOCK:
+        maps = list(_REGISTRY)
+    done = 0
+    for mm in maps:
+        try:
+            mm.madvise(mmap.MADV_DONTNEED)
+            done += 1
+        except (ValueError, OSError):  # closed meanwhile, or a zero-length map
+            pass
+    return done
+
+
+def mapped_rss() -> int:
+    """File-backed + shared resident pages of this process (``RssFile + RssShmem``), in bytes."""
+    total = 0
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(("RssFile:", "RssShmem:")):
+                    total += int(line.split()[1]) * 1024
+    except OSError:
+        return 0
+    return total
+
+
+class MappedPageReleaser:
+    """Daemon thread: whenever mapped RSS exceeds ``window_bytes``, release registered maps.
+
+    Overshoot is at most what the loader faults in during one ``interval`` (a few
+    tens of MB at page-cache speed).  Use as a context manager around training
+    or an evaluation sweep.
+    """
+
+    def __init__(self, window_bytes: int, interval: float = 0.02) -> None:
+        self.window, self.interval = int(window_bytes), interval
+        self.releases = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def check(self) -> bool:
+        """Release now if over the window; True if it did."""
+        if mapped_rss() <= self.window:
+            return False
+        release_mapped_pages()
+        self.releases += 1
+        return True
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.check()
+
+    def __enter__(self) -> "MappedPageReleaser":
+        if self._thread is None and hasattr(mmap, "MADV_DONTNEED"):
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="oocgnn-page-release", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        log.debug("mapped-page releaser: %d releases (window %d bytes)", self.releases, self.window)

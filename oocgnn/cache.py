@@ -12,7 +12,10 @@ no data) so the metrics compare the two policies on the same access stream.
 Decisions are made per batch with vectorised numpy over ``cached ∪ accessed``
 ids, never per row in Python.  Bookkeeping per epoch is ``O(sum of halo sizes)``
 int64 (the access stream); the row buffer is ``capacity x F`` float32 within the
-memory budget.  Features are read-only, so the cache never goes stale.
+memory budget.  Features are read-only, so the cache never goes stale.  When the
+stream does not fit the budget (billion scale), the memory plan asks for LRU without
+a shadow (``shadow=False``), which needs no stream: each batch's halo set is its
+access.
 
 :class:`HistoryCache` (one per history table) reuses the same bookkeeping on the
 same access stream (a history table's halo reads are the feature cache's halo
@@ -122,10 +125,19 @@ class Policy:
 
 
 class FeatureCache:
-    """Row cache used by :class:`~oocgnn.prefetch.BatchLoader` for halo feature rows."""
+    """Row cache used by :class:`~oocgnn.prefetch.BatchLoader` for halo feature rows.
 
-    def __init__(self, capacity: int, width: int, row_bytes: int, policy: str = "belady") -> None:
+    ``shadow=False`` (LRU only) runs without the epoch's access stream, whose next-use
+    lists cost ~58 bytes per halo access at their peak: at billion scale more than the
+    budget, so the memory plan turns Belady and the shadow off there.
+    """
+
+    def __init__(self, capacity: int, width: int, row_bytes: int, policy: str = "belady",
+                 shadow: bool = True) -> None:
+        if policy == "belady" and not shadow:
+            raise ValueError("a Belady cache needs the access stream; shadow=False is for LRU")
         self.capacity, self.width, self.row_bytes, self.kind = int(capacity), width, row_bytes, policy
+        self.with_shadow = shadow
         self.buf = torch.empty(self.capacity, width, dtype=torch.float32)
         self.last_misses = 0
         self.clock = 0  #: batches seen over the whole run (LRU recency survives epochs)
@@ -133,12 +145,21 @@ class FeatureCache:
 
     def _reset(self) -> None:
         self.policy = Policy(self.capacity, self.kind)
-        self.shadow = Policy(self.capacity, "lru" if self.kind == "belady" else "belady")
+        self.shadow = Policy(self.capacity, "lru" if self.kind == "belady" else "belady") if self.with_shadow else None
+
+    @property
+    def needs_stream(self) -> bool:
+        """Whether :meth:`begin_epoch` needs :func:`plan_accesses` (Belady, or any shadow)."""
+        return self.with_shadow
 
     def begin_epoch(self, trainer: Any, plan: list[Ranges], pre: tuple | None = None) -> None:
         """Load the epoch's access stream; ``pre`` = :func:`plan_accesses` shared by several caches."""
-        self.accesses, self.nus, uniq, first = pre if pre is not None else plan_accesses(trainer, plan)
         self.t = 0
+        if not self.needs_stream:
+            self.accesses = self.nus = None
+            self.policy.hits = self.policy.accesses = 0
+            return
+        self.accesses, self.nus, uniq, first = pre if pre is not None else plan_accesses(trainer, plan)
         for p in (self.policy, self.shadow):
             p.hits = p.accesses = 0
             if p.kind == "belady" and len(p.ids):  # re-rank cached rows by first use in the new plan
@@ -149,8 +170,11 @@ class FeatureCache:
 
     def gather(self, halo: np.ndarray, out: torch.Tensor, miss_fn: Callable[[np.ndarray, torch.Tensor], None]) -> None:
         """``out[i] = features[halo[i]]``: hits from RAM, misses via ``miss_fn`` (called in plan order)."""
-        a, nu = self.accesses[self.t], self.nus[self.t]
-        self.shadow.step(a, nu, self.clock)
+        if self.accesses is None:  # LRU without the stream: this batch's halo as a sorted set
+            a, nu = np.unique(halo), None
+        else:
+            a, nu = self.accesses[self.t], self.nus[self.t]
+            self.shadow.step(a, nu, self.clock)
         hit, hit_slots, ins_pos, ins_slots = self.policy.step(a, nu, self.clock)
         self.t += 1
         self.clock += 1
@@ -182,11 +206,14 @@ def cache_metrics(caches: list[FeatureCache], prefix: str) -> dict[str, Any]:
     p0, s0 = caches[0].policy, caches[0].shadow
     hits = sum(c.policy.hits for c in caches)
     acc = sum(c.policy.accesses for c in caches)
+    rec = {f"{prefix}_policy": p0.kind, f"{prefix}_rows": caches[0].capacity,
+           f"{prefix}_hit_rate": hits / acc if acc else 0.0,
+           f"{prefix}_bytes_saved": sum(c.policy.hits * c.row_bytes for c in caches)}
+    if s0 is None:  # no access stream, no comparison
+        return rec
     s_hits = sum(c.shadow.hits for c in caches)
     s_acc = sum(c.shadow.accesses for c in caches)
-    return {f"{prefix}_policy": p0.kind, f"{prefix}_rows": caches[0].capacity,
-            f"{prefix}_hit_rate": hits / acc if acc else 0.0,
-            f"{prefix}_bytes_saved": sum(c.policy.hits * c.row_bytes for c in caches),
+    return {**rec,
             f"{prefix}_hit_rate_{s0.kind}_same_size": s_hits / s_acc if s_acc else 0.0,
             f"{prefix}_bytes_saved_{s0.kind}_same_size": sum(c.shadow.hits * c.row_bytes for c in caches)}
 
@@ -214,8 +241,9 @@ class HistoryCache(FeatureCache):
     inserted cannot miss a push that landed in between.
     """
 
-    def __init__(self, capacity: int, width: int, row_bytes: int, policy: str = "belady") -> None:
-        super().__init__(capacity, width, row_bytes, policy)
+    def __init__(self, capacity: int, width: int, row_bytes: int, policy: str = "belady",
+                 shadow: bool = True) -> None:
+        super().__init__(capacity, width, row_bytes, policy, shadow)
         self.lock = threading.Lock()
         self.updated_rows = 0  #: cached rows overwritten by landed pushes (run total)
 
@@ -250,7 +278,7 @@ def begin_epoch_caches(trainer: Any, plan: list[Ranges]) -> None:
     """Give every row cache the epoch's access stream (computed once, shared)."""
     caches = row_caches(trainer)
     if caches:
-        pre = plan_accesses(trainer, plan)
+        pre = plan_accesses(trainer, plan) if any(c.needs_stream for c in caches) else None
         for c in caches:
             c.begin_epoch(trainer, plan, pre)
 
@@ -293,10 +321,13 @@ def attach_feature_cache(trainer: Any) -> None:
         capacity = cache_capacity(trainer, width, hist_widths)
     if capacity < 1:
         return
-    trainer.cache = FeatureCache(capacity, width, row_bytes, cfg.cache)
-    log.info("feature cache: %d rows (%s eviction, LRU/Belady shadow for comparison)", capacity, cfg.cache)
+    policy = plan.get("cache_policy", cfg.cache) if plan is not None else cfg.cache
+    shadow = plan.get("cache_shadow", True) if plan is not None else True
+    trainer.cache = FeatureCache(capacity, width, row_bytes, policy, shadow)
+    log.info("feature cache: %d rows (%s eviction%s)", capacity, policy,
+             ", LRU/Belady shadow for comparison" if shadow else "; no access stream, so no Belady comparison")
     if hist_widths:
-        trainer.hist_caches = [HistoryCache(capacity, t.channels, t.row_bytes, cfg.cache) for t in tables]
+        trainer.hist_caches = [HistoryCache(capacity, t.channels, t.row_bytes, policy, shadow) for t in tables]
         hs.caches = list(trainer.hist_caches)
         log.info("history caches: %d rows x %d tables, coherent with pushes", capacity, len(tables))
 

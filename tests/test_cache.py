@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from oocgnn.cache import INF, FeatureCache, Policy, next_uses
@@ -51,3 +52,29 @@ def test_feature_cache_serves_exact_rows() -> None:
     m = cache.epoch_metrics()
     assert 0 < m["cache_hit_rate"] <= 1 and m["cache_bytes_saved"] == (sum(map(len, acc)) - misses) * 20
     assert m["cache_hit_rate"] >= m["cache_hit_rate_lru_same_size"]
+
+
+def test_lru_without_access_stream_serves_exact_rows_and_matches_the_lru_shadow() -> None:
+    """The billion-scale fallback: LRU with no plan gives the rows and hit rate the LRU shadow had."""
+    feats = torch.randn(400, 5)
+    acc = _stream(3, batches=25)
+    with_stream = FeatureCache(capacity=30, width=5, row_bytes=20)  # Belady, LRU shadow
+    with_stream.accesses, with_stream.nus, with_stream.t = acc, next_uses(acc), 0
+    lru = FeatureCache(capacity=30, width=5, row_bytes=20, policy="lru", shadow=False)
+    assert not lru.needs_stream
+    lru.begin_epoch(None, [])  # needs no trainer or plan: nothing is precomputed
+    rng = np.random.default_rng(1)
+    for a in acc:
+        halo = rng.permutation(a)
+        for cache in (with_stream, lru):
+            out = torch.empty(len(halo), 5)
+            cache.gather(halo, out, lambda ids, o: o.copy_(feats[torch.from_numpy(ids)]))
+            assert torch.equal(out, feats[torch.from_numpy(halo)])
+    m, b = lru.epoch_metrics(), with_stream.epoch_metrics()
+    assert m["cache_policy"] == "lru" and not any("same_size" in k for k in m)
+    assert m["cache_hit_rate"] == b["cache_hit_rate_lru_same_size"] > 0
+
+
+def test_belady_without_stream_is_refused() -> None:
+    with pytest.raises(ValueError):
+        FeatureCache(capacity=3, width=2, row_bytes=8, policy="belady", shadow=False)

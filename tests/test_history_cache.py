@@ -101,3 +101,22 @@ def test_history_cache_belady_not_worse_than_lru_on_real_plan(store, tmp_path) -
         assert rec["hist_cache_hit_rate"] > 0
     finally:
         tr.close()
+
+
+def test_caches_without_access_stream_are_lru_and_bitwise(store, tmp_path, monkeypatch) -> None:
+    """When the epoch's access stream would not fit the budget (billion scale), --cache belady falls back to
+    LRU caches with no Belady shadow: still coherent, still bitwise equal to no cache, and fewer bytes read."""
+    from oocgnn.train import budget
+
+    monkeypatch.setattr(budget, "ACCESS_STREAM_MAX_SHARE", 0.0)
+    ref = _run(store, tmp_path / "off", cache="none")
+    got = _run(store, tmp_path / "lru", cache="belady")
+    assert all(torch.equal(a, b) for a, b in zip(ref[0], got[0]))
+    assert all(np.array_equal(a, b) for a, b in zip(ref[1], got[1]))
+    plan = got[2]["memory_plan"]
+    assert plan["cache_policy"] == "lru" and not plan["cache_shadow"] and plan["belady_bytes"] == 0
+    last = got[3][-1]
+    assert last["hist_cache_policy"] == "lru" and last["cache_policy"] == "lru"
+    assert not any("same_size" in k for k in last)
+    assert last["hist_cache_push_updates"] > 0
+    assert last["history_bytes_read"] < ref[3][-1]["history_bytes_read"]

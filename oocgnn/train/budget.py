@@ -1,9 +1,11 @@
 """How one ``--memory-budget`` is split during training, decided before anything is allocated.
 
-The budget bounds *anonymous* memory (``RssAnon``: heap, numpy and torch buffers).
-File-backed pages of the store and history memmaps also show up in RSS, but they
-are reclaimable page cache, so both numbers are reported and only the first is
-planned.  The plan, from the process baseline measured when the trainer is built::
+The budget bounds the resident set.  Anonymous memory (``RssAnon``: heap, numpy
+and torch buffers) is planned below; file pages that the store and history
+memmaps map in are held under a fixed *mapped window* by
+:class:`oocgnn.utils.mapped.MappedPageReleaser` (they stay in the page cache,
+only our page tables let go), and that window is taken off the top.  The plan,
+from the process baseline measured when the trainer is built::
 
     baseline                         interpreter, torch, labels, last-push steps, ...
   + (depth + 1) x staging slot       ring (x rows + halo history rows)
@@ -19,6 +21,12 @@ Bounds are over *any* group of ``parts_per_batch`` partitions (largest sizes,
 halos and edge counts), so no epoch plan can exceed them.  When the requested
 ``--prefetch`` depth does not fit it is lowered (results do not depend on it);
 when even one batch does not fit, :class:`ConfigError` says so in one line.
+
+Belady eviction (and the LRU/Belady shadow comparison) needs the epoch's halo
+access stream, ~58 bytes per access at its peak: ~16 GB for the ~250 M halo
+accesses of a 50 M-node / 1.8 B-entry epoch.  When the stream would take more than
+:data:`ACCESS_STREAM_MAX_SHARE` of the room left after one batch, the caches run
+as plain LRU without it (a warning says so) and that room holds rows instead.
 """
 from __future__ import annotations
 
@@ -42,8 +50,20 @@ ACT_BYTES_PER_EDGE = 24
 CACHE_META_PER_ROW = 2 * 32
 #: torch runtime, thread stacks and per-thread malloc arenas once training runs
 RUNTIME_RESERVE = 48 << 20
-#: next-use lists kept per halo access of an epoch (ids + next use, int64)
-BELADY_BYTES_PER_ACCESS = 16
+#: peak bytes per halo access of an epoch while the access stream and its next uses are computed
+#: (:func:`oocgnn.cache.plan_accesses`; measured 58: ids, batch index, argsort, next use, unique); 16 stay
+BELADY_BYTES_PER_ACCESS = 64
+#: the access stream may take at most this share of the room left after one batch; past it the caches
+#: run as LRU without the Belady shadow (neither needs the stream), so the rest can hold rows
+ACCESS_STREAM_MAX_SHARE = 0.5
+#: share of the budget that memmapped file pages may occupy in RSS, and its bounds
+MAPPED_WINDOW_FRACTION = 0.08
+MAPPED_WINDOW_MIN, MAPPED_WINDOW_MAX = 32 << 20, 1 << 30
+
+
+def mapped_window(budget: int) -> int:
+    """Bytes of memmapped file pages allowed in RSS before they are released."""
+    return int(min(MAPPED_WINDOW_MAX, max(MAPPED_WINDOW_MIN, budget * MAPPED_WINDOW_FRACTION)))
 
 
 def batch_edges_bound(indptr: np.ndarray, partition_ptr: np.ndarray, parts_per_batch: int) -> int:
@@ -74,24 +94,35 @@ def plan_memory(trainer: Any, halo_sizes: np.ndarray, per_slot: int) -> dict[str
     def need(depth: int) -> int:
         return (depth + 1) * (per_slot + kept) + build + act + pushes
 
-    room = budget - baseline
+    window = mapped_window(budget)
+    room = budget - baseline - window
     depth = cfg.io.prefetch
     while depth > 0 and need(depth) > room:
         depth -= 1
     if need(depth) > room:
         raise ConfigError(
             f"--memory-budget {format_size(budget)} cannot hold one batch: process baseline {format_size(baseline)} + "
+            f"mapped-page window {format_size(window)} + "
             f"staging ring {format_size(per_slot)} + subgraph {format_size(kept + build)} + activations "
             f"{format_size(act)} + write-behind {format_size(pushes)} = {format_size(baseline + need(0))} (largest batch {rows:,} rows, {edges:,} edges); "
             f"use fewer --parts-per-batch or more partitions (oocgnn prepare --partitions), or raise the budget")
     if depth < cfg.io.prefetch:
         log.warning("--prefetch %d does not fit --memory-budget %s: reading %d batch(es) ahead", cfg.io.prefetch,
                     format_size(budget), depth)
-    belady = BELADY_BYTES_PER_ACCESS * int(np.sum(halo_sizes)) if cfg.io.cache == "belady" else 0
     left = room - need(depth)
-    return {"budget_bytes": budget, "baseline_anon_bytes": baseline, "prefetch_depth": depth,
+    stream = BELADY_BYTES_PER_ACCESS * int(np.sum(halo_sizes)) if cfg.io.cache != "none" else 0
+    with_stream = 0 < stream <= ACCESS_STREAM_MAX_SHARE * left
+    policy = cfg.io.cache if with_stream or cfg.io.cache == "none" else "lru"
+    if policy != cfg.io.cache:
+        log.warning("--cache %s needs the epoch's halo access stream (%s), more than half of the %s the budget leaves: "
+                    "using LRU caches without the Belady comparison", cfg.io.cache, format_size(stream),
+                    format_size(max(left, 0)))
+    belady = stream if with_stream else 0
+    return {"budget_bytes": budget, "baseline_anon_bytes": baseline, "mapped_window_bytes": window,
+            "prefetch_depth": depth,
             "staging_ring_bytes": (depth + 1) * per_slot, "subgraph_bytes": (depth + 1) * kept + build,
             "activation_bytes": act, "writebehind_and_runtime_bytes": pushes, "belady_bytes": belady, "cache_room_bytes": max(0, left - belady),
+            "cache_policy": policy, "cache_shadow": with_stream,
             "planned_peak_anon_bytes": baseline + need(depth)}
 
 

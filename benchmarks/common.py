@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import random
 import re
 import subprocess
 import sys
@@ -46,6 +47,47 @@ def disk_bandwidth(directory: Path, size_mb: int = 2048) -> dict[str, float]:
     finally:
         path.unlink(missing_ok=True)
     return {"seq_write_Bps": write, "seq_read_Bps": read}
+
+
+def disk_random_read(directory: Path, size_mb: int = 4096, seconds: float = 5.0, threads: int = 16,
+                     block: int = 4096) -> dict[str, float]:
+    """Random ``block``-byte reads/s with ``threads`` in flight (O_DIRECT, so the page cache cannot help).
+
+    The rate a halo gather would get from the disk alone; ``pread`` releases the GIL, so
+    Python threads keep ``threads`` requests queued.
+    """
+    import mmap
+    import threading
+
+    path = directory / ".oocgnn_randtest"
+    try:
+        subprocess.run(["dd", "if=/dev/zero", f"of={path}", "bs=1M", f"count={size_mb}", "oflag=direct",
+                        "conv=fsync"], capture_output=True, check=True)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECT", 0))
+        blocks = size_mb * (1 << 20) // block
+        counts = [0] * threads
+        deadline = time.perf_counter() + seconds
+
+        def worker(i: int) -> None:
+            buf = mmap.mmap(-1, block)  # page-aligned, as O_DIRECT requires
+            rng = random.Random(i)
+            n = 0
+            while time.perf_counter() < deadline:
+                os.preadv(fd, [buf], rng.randrange(blocks) * block)
+                n += 1
+            counts[i] = n
+
+        t0 = time.perf_counter()
+        pool = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join()
+        elapsed = time.perf_counter() - t0
+        os.close(fd)
+    finally:
+        path.unlink(missing_ok=True)
+    return {"rand_read_iops": sum(counts) / elapsed, "rand_read_block": block, "rand_read_threads": threads}
 
 
 def run_and_sample_rss(cmd: Sequence[str], interval: float = 0.05, env: dict | None = None) -> dict[str, float]:

@@ -48,3 +48,34 @@ def test_anonymous_peak_stays_under_budget(store, tmp_path) -> None:
         trainer.close()
     assert np.isfinite(rec["loss"]) and rec["batches"] == 4
     assert mon.peak_anon <= budget, (mon.peak_anon - base) / 2**20
+
+
+def test_belady_charge_covers_the_access_stream_peak() -> None:
+    """The plan charges BELADY_BYTES_PER_ACCESS per halo access; plan_accesses must not need more.
+
+    numpy reports its buffers to tracemalloc, so the traced peak is exact (no sampling).
+    """
+    import tracemalloc
+    from types import SimpleNamespace
+
+    from oocgnn.batching import group_ranges
+    from oocgnn.cache import plan_accesses
+    from oocgnn.train.budget import BELADY_BYTES_PER_ACCESS
+
+    rng = np.random.default_rng(0)
+    n, deg, parts = 200_000, 16, 20
+    indptr = np.arange(0, (n + 1) * deg, deg, dtype=np.int64)
+    indices = rng.integers(0, n, n * deg).astype(np.int32)
+    ptr = np.linspace(0, n, parts + 1).astype(np.int64)
+    plan = [group_ranges(ptr, np.array([p])) for p in rng.permutation(parts)]
+    trainer = SimpleNamespace(indptr=indptr, indices=indices)
+    tracemalloc.start()
+    try:
+        accesses, nus, uniq, first = plan_accesses(trainer, plan)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    total = sum(len(a) for a in accesses)
+    assert total > 1_000_000
+    assert peak <= BELADY_BYTES_PER_ACCESS * total, peak / total
+    assert peak > 0.5 * BELADY_BYTES_PER_ACCESS * total  # the charge is not wildly loose either

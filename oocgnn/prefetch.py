@@ -34,8 +34,15 @@ import torch
 from oocgnn.batch import SubgraphBatch
 from oocgnn.batching import Ranges, SubgraphStructure, build_subgraph
 from oocgnn.history import HistorySet, HistoryTable
+from oocgnn.utils.mapped import check_window
 
 log = logging.getLogger(__name__)
+
+#: most rows one gather call reads before :func:`~oocgnn.utils.mapped.check_window` may release the
+#: pages it mapped.  A random row's fault maps more than its page: fault-around, and on kernels that map
+#: large page-cache folios whole (ext4 on Linux 6.18 here) ~1 MB per row, so what a chunk maps is
+#: kernel-dependent; checks cost ~50 us each, ~1 % of a step at this size
+GATHER_CHUNK_ROWS = 1024
 
 
 def as_tensor(array: np.ndarray) -> torch.Tensor:
@@ -135,13 +142,16 @@ class BatchLoader:
                 torch.index_select(src, 0, idx[a:b], out=out[a:b])
             else:
                 out[a:b].copy_(src.index_select(0, idx[a:b]))
+            check_window()  # each random row mapped a page: keep RSS under the budget's mapped window
 
-        chunks = min(self.io_threads * 4, max(1, n // 256))
-        if self.pool is None or chunks <= 1:
-            run(0, n)
-            return
+        chunks = max(min(self.io_threads * 4, max(1, n // 256)), -(-n // GATHER_CHUNK_ROWS))  # read at call time (tests shrink it)
         bounds = np.linspace(0, n, chunks + 1).astype(np.int64)
-        futs = [self.pool.submit(run, int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+        spans = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+        if self.pool is None or len(spans) <= 1:
+            for a, b in spans:
+                run(a, b)
+            return
+        futs = [self.pool.submit(run, a, b) for a, b in spans]
         for f in futs:
             f.result()
 

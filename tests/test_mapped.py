@@ -80,3 +80,59 @@ def test_private_copy_on_write_maps_are_never_released(tmp_path) -> None:
     arr[0] = 5.0
     assert register_mapped(arr) is arr and not release_pages(arr)
     assert float(arr[0, 0]) == 5.0
+
+
+def test_halo_gather_keeps_the_window_between_chunks(tmp_path, monkeypatch) -> None:
+    """A random-row gather maps pages faster than a poller sees; the loader checks after every chunk.
+
+    What one chunk maps depends on the kernel (fault-around, large page-cache folios: one random
+    row mapped ~12 pages here), so the bound is measured: just before each check, mapped RSS is at
+    most the release threshold plus what one chunk maps from a released map.
+    """
+    import torch
+
+    from oocgnn import prefetch
+    from oocgnn.prefetch import BatchLoader, advise_random
+    from oocgnn.utils import mapped
+
+    chunk_rows = 16  # few rows per chunk, so a chunk maps a small part of the file even with large folios
+    monkeypatch.setattr(prefetch, "GATHER_CHUNK_ROWS", chunk_rows)
+
+    path = tmp_path / "feats.npy"
+    w = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(256 * MiB // 256, 64))
+    w[:] = np.arange(w.shape[0], dtype=np.float32)[:, None]
+    w.flush()
+    del w
+    feats = register_mapped(np.load(path, mmap_mode="r"))
+    advise_random(feats)  # as the trainer does
+    loader = BatchLoader(np.zeros(2, np.int64), np.zeros(0, np.int32), feats, None, [], None, io_threads=1)
+    rng = np.random.default_rng(0)
+    ids = rng.permutation(feats.shape[0])[: 8 * chunk_rows]
+    out = torch.empty(len(ids), feats.shape[1])
+
+    release_pages(feats)
+    base = mapped_rss()
+    loader._gather(loader.x_t, ids[:chunk_rows], out[:chunk_rows])  # no releaser: a no-op check
+    one_chunk = mapped_rss() - base
+
+    seen: list[int] = []
+    real_check = mapped.check_window
+
+    def spying_check() -> None:
+        seen.append(mapped_rss())
+        real_check()
+
+    monkeypatch.setattr(prefetch, "check_window", spying_check)
+    release_pages(feats)
+    rel = MappedPageReleaser(2 * (base + 4 * MiB), interval=3600)  # released past base + 4 MiB
+    with rel:  # poller asleep: only the chunk checks release
+        loader._gather(loader.x_t, ids, out)
+    assert torch.equal(out, torch.from_numpy(np.asarray(feats[ids])))
+    assert len(seen) == 8 and rel.releases >= 7
+    assert max(seen) <= rel.threshold + 2 * one_chunk, (max(seen) - base) / MiB
+
+    # negative control: without the checks the same gather keeps several chunks' pages mapped
+    release_pages(feats)
+    monkeypatch.setattr(prefetch, "check_window", lambda: None)
+    loader._gather(loader.x_t, ids, out)
+    assert mapped_rss() - base > 3 * one_chunk

@@ -206,8 +206,14 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--partitions", type=int, default=None)
     ap.add_argument("--parts-per-batch", type=int, default=1)
+    ap.add_argument("--io-threads", type=int, default=16,
+                    help="gather threads: each page fault is one read in flight, and the disk needs >= 16 in "
+                         "flight for its random-read rate (train's default is 4)")
     ap.add_argument("--budget", default="12GB")
     ap.add_argument("--workdir", type=Path, required=True)
+    ap.add_argument("--skip-inference", action="store_true",
+                    help="no separate `oocgnn eval` stage (train's last epoch already ends with a layer-wise sweep "
+                         "over all nodes, timed as eval_time_s)")
     args = ap.parse_args()
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
@@ -215,7 +221,7 @@ def main() -> None:
     results_path = work / "scale_results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {"stages": {}}
     results.update(machine=machine(), nodes=args.nodes, edges=args.edges, features=args.features,
-                   hidden=args.hidden, layers=args.layers, homophily=args.homophily,
+                   hidden=args.hidden, layers=args.layers, homophily=args.homophily, io_threads=args.io_threads,
                    budget_bytes=parse_size(args.budget), command=" ".join(sys.argv))
     if "disk" not in results:
         results["disk"] = disk_bandwidth(work)
@@ -233,10 +239,12 @@ def main() -> None:
         "train": (run / "summary.json", None, [
             "oocgnn", "train", "--data", str(store), "--run-dir", str(run), "--epochs", "1",
             "--layers", str(args.layers), "--hidden", str(args.hidden), "--parts-per-batch", str(args.parts_per_batch),
-            "--memory-budget", args.budget, "--checkpoint-every", "20"]),
+            "--io-threads", str(args.io_threads), "--memory-budget", args.budget, "--checkpoint-every", "20"]),
         # `oocgnn eval` prints its accuracies as one JSON line: that file is also the stage's done-marker
         "inference": (inference_out, inference_out, ["oocgnn", "eval", "--run-dir", str(run)]),
     }
+    if args.skip_inference:
+        del stages["inference"]
     for name, (done, stdout_path, cmd) in stages.items():
         if name == "prepare" and done.exists() and name not in results["stages"]:
             results["stages"][name] = stage_from_report(store)  # built by a plain `oocgnn prepare` earlier

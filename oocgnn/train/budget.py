@@ -23,8 +23,8 @@ halos and edge counts), so no epoch plan can exceed them.  When the requested
 when even one batch does not fit, :class:`ConfigError` says so in one line.
 
 Belady eviction (and the LRU/Belady shadow comparison) needs the epoch's halo
-access stream, ~58 bytes per access at its peak: ~16 GB for the ~250 M halo
-accesses of a 50 M-node / 1.8 B-entry epoch.  When the stream would take more than
+access stream, ~58 bytes per access at its peak: 12.3 GB (charged) for an epoch of
+the 50 M-node / 1.66 B-entry store of ``benchmarks/scale_run.py``.  When the stream would take more than
 :data:`ACCESS_STREAM_MAX_SHARE` of the room left after one batch, the caches run
 as plain LRU without it (a warning says so) and that room holds rows instead.
 """
@@ -62,7 +62,7 @@ MAPPED_WINDOW_MIN, MAPPED_WINDOW_MAX = 32 << 20, 1 << 30
 
 
 def mapped_window(budget: int) -> int:
-    """Bytes of memmapped file pages allowed in RSS before they are released."""
+    """RSS share of memmapped file pages: released past half of it, the other half is room for gathers in flight."""
     return int(min(MAPPED_WINDOW_MAX, max(MAPPED_WINDOW_MIN, budget * MAPPED_WINDOW_FRACTION)))
 
 

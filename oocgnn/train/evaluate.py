@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from oocgnn.batching import fixed_plan, group_ranges
 from oocgnn.history import HistorySet
@@ -57,7 +58,10 @@ def layerwise_inference(trainer: Any, refresh: bool = True, logits_out: torch.Te
     feat_every = bool(getattr(model, "needs_features_every_layer", False))
     xbuf = None
     step = trainer.state.global_step
+    # a sweep over a billion-edge store takes tens of minutes: show it (on a terminal only, like tqdm's default)
+    bar = tqdm(total=num_layers * len(plan), desc="inference", unit="batch", disable=None, leave=False)
     for layer in range(num_layers):
+        bar.set_postfix(layer=layer)
         from_features = layer == 0 or feat_every
         src = trainer.features if from_features else target.tables[layer - 1]
         loader = BatchLoader(trainer.indptr, trainer.indices, src, None, [], trainer.pool, trainer.cfg.io.io_threads)
@@ -77,7 +81,9 @@ def layerwise_inference(trainer: Any, refresh: bool = True, logits_out: torch.Te
                 preds[rows] = out.argmax(dim=-1).cpu().numpy()
                 if logits_out is not None:
                     logits_out[torch.from_numpy(rows)] = out.cpu()
+            bar.update(1)
         target.flush()
+    bar.close()
     return preds
 
 

@@ -43,7 +43,8 @@ def config(store: Path, run_dir: Path, args: argparse.Namespace):
 def train_once(store: Path, work: Path, args: argparse.Namespace, opts) -> dict:
     from oocgnn.checkpoint import RunSession
     from oocgnn.store.reader import open_dataset
-    from oocgnn.train.run import fit, make_trainer
+    from oocgnn.runner import make_trainer
+from oocgnn.train.run import fit
 
     run_dir = work / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -71,7 +72,8 @@ def resume_time(store: Path, work: Path, args: argparse.Namespace) -> dict:
     """Crash halfway through epoch 2 (pushes journaled since the epoch-1 checkpoint), then time the resume."""
     from oocgnn.checkpoint import CheckpointOptions, RunSession
     from oocgnn.store.reader import open_dataset
-    from oocgnn.train.run import fit, make_trainer
+    from oocgnn.runner import make_trainer
+from oocgnn.train.run import fit
 
     run_dir = work / "run"
     shutil.rmtree(run_dir, ignore_errors=True)

@@ -1,164 +1,243 @@
-"""GAS vs REST vs REST-IS vs VISAGNN in the many-small-batches regime.
+"""Accuracy when batches are many: GAS, REST, REST-IS, VISAGNN against the full-batch ceiling.
 
-Real graph (Amazon Photo, seeded random split) and a synthetic one, >= 40
-batches per epoch, evaluation *without* refreshing the training histories
-(``--no-eval-refresh`` semantics: scratch tables), several seeds per method at
-equal epochs.  Prints a table, writes ``benchmarks/out/bench_staleness.json`` and
-``bench_staleness.png``.  ``true_staleness`` = ||H_bar - H|| / ||H|| of history
-table 0 after the last epoch, against the exact recompute evaluation just made.
+Every graph too big for RAM is trained with many batches per epoch; this measures
+what that costs.  For each dataset (Amazon Photo, Coauthor CS, CiteSeer from
+``../shared/datasets``; the synthetic community graph) the store is cut into
+``--partitions`` METIS parts once; ``B`` batches/epoch means ``partitions / B``
+parts per batch.  Each method trains ``--epochs`` epochs per seed with the run
+defaults of ``oocgnn train`` unless a flag here overrides them; evaluation is exact
+layer-wise inference into scratch tables (``--no-eval-refresh``: evaluation never
+refreshes the training histories), and the reported accuracy is the test accuracy
+at the best validation epoch.  The **ceiling** is the same model and options trained
+full-batch (one batch holding every partition: no halo, no history).
+``true_staleness`` = ||H_bar - H|| / ||H|| of history table 0 after the last epoch,
+against an exact recompute with the final parameters.
 
-Default configuration (2 cores: ~15 min)::
+Prints a table, writes ``benchmarks/out/<out>.json`` (rows appended as they finish,
+so a stopped sweep keeps what it measured) and ``<out>.png``: accuracy vs
+batches/epoch, one line per method, the ceiling dashed.  Example (2 cores, ~1 h)::
 
-    python benchmarks/bench_staleness.py
+    python benchmarks/bench_staleness.py --datasets photo,cs --batches 2,40 --seeds 5 --epochs 50
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import multiprocessing as mp
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import OUT_DIR, machine  # noqa: E402
 
-from oocgnn.staleness.control import StalenessConfig, StalenessControl  # noqa: E402
-from oocgnn.staleness.driver import train_epoch  # noqa: E402
-from oocgnn.staleness.metrics import compare_tables  # noqa: E402
-from oocgnn.store.reader import open_dataset  # noqa: E402
-from oocgnn.train.config import EvalConfig, IOConfig, ModelConfig, OptimConfig, RunConfig  # noqa: E402
-from oocgnn.train.evaluate import _scratch, evaluate  # noqa: E402
-from oocgnn.train.loop import Trainer  # noqa: E402
-
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-
-METHODS = {
-    "GAS": StalenessConfig(method="gas"),
-    "REST": StalenessConfig(method="rest", refresh_per_step=2.0),
-    "REST-IS": StalenessConfig(method="rest-is", refresh_per_step=2.0),
-    "VISAGNN": StalenessConfig(method="visagnn", stale_loss_weight=0.3),
+PYG = {"photo": ("Amazon", "Photo"), "cs": ("Coauthor", "CS"), "citeseer": ("Planetoid", "CiteSeer")}
+#: method name -> [staleness] options (everything else: the run defaults)
+METHODS: dict[str, dict[str, Any]] = {
+    "GAS": {"method": "gas"},
+    "REST": {"method": "rest"},
+    "REST-IS": {"method": "rest-is"},
+    "VISAGNN": {"method": "visagnn"},
 }
 
 
 def prepare(work: Path, name: str, partitions: int) -> Path:
-    out = work / f"store_{name}"
+    out = work / f"store_{name}_{partitions}"
+    if (out / "COMPLETE").exists():
+        return out
     cmd = [sys.executable, "-m", "oocgnn.cli.main", "prepare"]
-    pyg = {"photo": ("Amazon", "Photo"), "cs": ("Coauthor", "CS")}
-    if name in pyg:
-        cls, dname = pyg[name]
+    if name in PYG:
+        cls, dname = PYG[name]
         root = work / f"pyg_{cls}"
         if not root.exists():
             shutil.copytree(SHARED / cls, root)
         cmd += ["pyg", "--class", cls, "--name", dname, "--root", str(root)]
     else:
-        cmd += ["synthetic", "--nodes", "8000", "--edges", "80000", "--features", "32", "--classes", "8"]
-    cmd += ["--partitions", str(partitions), "--out", str(out), "--no-progress"]
+        cmd += ["synthetic", "--nodes", "20000", "--edges", "200000", "--features", "32", "--classes", "8"]
+    cmd += ["--partitions", str(partitions), "--partitioner", "metis", "--out", str(out), "--no-progress"]
     subprocess.run(cmd, check=True, capture_output=True)
     return out
 
 
-def run_one(store: Path, scfg: StalenessConfig, model: str, seed: int, epochs: int, hidden: int,
-            layers: int = 3, lr: float = 0.01, dropout: float = 0.3, heads: int = 2) -> dict:
-    ds = open_dataset(store)
-    cfg = RunConfig(model=ModelConfig(name=model, layers=layers, hidden=hidden, dropout=dropout),
-                    train=OptimConfig(lr=lr, epochs=epochs, parts_per_batch=1, seed=seed),
+def run_one(job: dict[str, Any]) -> dict[str, Any]:
+    """One (dataset, batches, model, layers, method, seed) training run, in this process."""
+    import torch
+
+    from oocgnn.config import (EvalConfig, IOConfig, ModelConfig, OptimConfig, RunConfig, StalenessConfig)
+    from oocgnn.runner import make_trainer
+    from oocgnn.staleness.metrics import compare_tables
+    from oocgnn.store.reader import open_dataset
+    from oocgnn.train.evaluate import evaluate
+
+    torch.set_num_threads(1)
+    logging.basicConfig(level=logging.ERROR)
+    ds = open_dataset(job["store"])
+    parts = ds.num_partitions if job["method"] == "ceiling" else job["parts_per_batch"]
+    staleness = StalenessConfig(**({} if job["method"] == "ceiling" else METHODS[job["method"]]))
+    train = {k: v for k, v in job["train"].items() if v is not None}
+    model = {k: v for k, v in job["model"].items() if v is not None}
+    cfg = RunConfig(model=ModelConfig(name=job["model_name"], layers=job["layers"], **model),
+                    train=OptimConfig(epochs=job["epochs"], parts_per_batch=parts, seed=job["seed"], **train),
                     io=IOConfig(io_threads=1, prefetch=1, cache="none", in_memory=True),
-                    eval=EvalConfig(eval_refresh=False), staleness=scfg)
-    ctl = StalenessControl(scfg, ds.num_nodes, ds.indptr, ds.indices, ds.partition_ptr, 1, seed, layers - 1,
-                           ds.num_classes)
-    torch.manual_seed(seed)
-    kw = {"heads": heads} if model == "gat" else {}
-    mobj = ctl.build_model(model, ds.num_features, hidden, ds.num_classes, layers, dropout=dropout, **kw)
-    if mobj is None:
-        from oocgnn.models import build_model
-        mobj = build_model(model, ds.num_features, hidden, ds.num_classes, layers, dropout=dropout, **kw)
-    tr = Trainer(ds, cfg, None, model=mobj)
-    times, recs = [], []
+                    eval=EvalConfig(eval_refresh=False), staleness=staleness)
+    tr = make_trainer(ds, cfg, None)
+    best = (-1.0, float("nan"), 0)
+    times, refreshes, curve = [], 0, []
     try:
-        for _ in range(epochs):
-            rec = train_epoch(tr, ctl)
+        for epoch in range(job["epochs"]):
+            rec = tr.train_epoch()
             times.append(rec["epoch_time_s"])
-            recs.append(rec)
-        accs, _ = evaluate(tr, refresh=False)
-        true = compare_tables(tr.histories, _scratch(tr))
+            refreshes += rec.get("refresh_passes", 0)
+            if (epoch + 1) % job["eval_every"] == 0 or epoch + 1 == job["epochs"]:
+                accs, _ = evaluate(tr, refresh=False)
+                curve.append((epoch + 1, accs["valid_acc"], accs["test_acc"]))
+                if accs["valid_acc"] > best[0]:
+                    best = (accs["valid_acc"], accs["test_acc"], epoch + 1)
+        true = compare_tables(tr.histories, tr._eval_scratch)["true_staleness_0"] if len(tr.histories) else 0.0
     finally:
         tr.close()
-    last = recs[-1]
-    return {"test_acc": accs["test_acc"], "valid_acc": accs["valid_acc"], "true_staleness": true["true_staleness_0"],
-            "epoch_time_s": float(np.mean(times)), "age_mean": last["age_mean_0"], "batches": last["batches"],
-            "train_batches": last["train_batches"], "refresh_passes": last["refresh_passes"],
-            "push_drift": last["push_drift_0"], "curve": [r["loss"] for r in recs]}
+    return {**{k: job[k] for k in ("dataset", "batches", "model_name", "layers", "method", "seed")},
+            "valid_acc": best[0], "test_acc": best[1], "best_epoch": best[2], "true_staleness": true,
+            "epoch_time_s": float(np.mean(times)), "refresh_passes_per_epoch": refreshes / job["epochs"],
+            "train_batches_per_epoch": rec["train_batches"], "lr": tr.optimizer.param_groups[0]["lr"],
+            "curve": curve}
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--datasets", default="photo,synthetic", help="comma list of photo, cs, synthetic")
-    p.add_argument("--methods", default=",".join(METHODS))
-    p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--partitions", type=int, default=40, help=">= 40 batches per epoch (1 partition per batch)")
-    p.add_argument("--model", default="gat",
-                   help="backbone for every method (VISAGNN's paper uses GAT; a 3-layer GCN collapsed on Photo here)")
-    p.add_argument("--hidden", type=int, default=16)
-    p.add_argument("--layers", type=int, default=3, help="message-passing layers (layers-1 history tables)")
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--dropout", type=float, default=0.3)
-    p.add_argument("--heads", type=int, default=2, help="GAT heads in hidden layers")
-    p.add_argument("--out", default="bench_staleness", help="basename of the JSON/PNG in benchmarks/out")
-    args = p.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    torch.set_num_threads(2)
-    work = Path(tempfile.mkdtemp(prefix="bench_staleness_"))
-    results: dict = {"machine": machine(), "args": vars(args), "runs": {}}
-    t_all = time.perf_counter()
-    try:
-        for name in args.datasets.split(","):
-            store = prepare(work, name, args.partitions)
-            for method in args.methods.split(","):
-                rows = [run_one(store, METHODS[method], args.model, s, args.epochs, args.hidden, args.layers,
-                                args.lr, args.dropout, args.heads)
-                        for s in range(args.seeds)]
-                results["runs"][f"{name}/{method}"] = rows
-                acc = np.array([r["test_acc"] for r in rows]) * 100
-                st = np.array([r["true_staleness"] for r in rows])
-                print(f"{name:10s} {method:8s} test {acc.mean():6.2f} ± {acc.std():4.2f}  "
-                      f"true-stale {st.mean():.3f} ± {st.std():.3f}  age {np.mean([r['age_mean'] for r in rows]):6.1f}"
-                      f"  {np.mean([r['epoch_time_s'] for r in rows]):5.2f} s/epoch  "
-                      f"batches {rows[0]['batches']} (train {rows[0]['train_batches']})", flush=True)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    results["total_s"] = time.perf_counter() - t_all
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
-    (OUT_DIR / f"{args.out}.json").write_text(json.dumps(results, indent=1))
-    plot(results, OUT_DIR / f"{args.out}.png")
-    print(f"total {results['total_s']:.0f} s; wrote {OUT_DIR / (args.out + '.json')} and .png")
-    return 0
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["dataset"], r["model_name"], r["layers"], r["batches"], r["method"]), []).append(r)
+    out = []
+    for (d, m, l, b, meth), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], kv[0][3],
+                                                                         list(METHODS).index(kv[0][4])
+                                                                         if kv[0][4] in METHODS else -1)):
+        acc = np.array([r["test_acc"] for r in rs]) * 100
+        out.append({"dataset": d, "model": m, "layers": l, "batches": b, "method": meth, "seeds": len(rs),
+                    "test_mean": float(acc.mean()), "test_std": float(acc.std()), "test_min": float(acc.min()),
+                    "true_staleness": float(np.mean([r["true_staleness"] for r in rs])),
+                    "epoch_time_s": float(np.mean([r["epoch_time_s"] for r in rs])),
+                    "refresh_passes_per_epoch": float(np.mean([r["refresh_passes_per_epoch"] for r in rs])),
+                    "lr": rs[0]["lr"]})
+    return out
 
 
-def plot(results: dict, out: Path) -> None:
+def table(summary: list[dict[str, Any]]) -> str:
+    lines = ["| dataset | model | batches/epoch | method | test acc (mean ± std) | worst seed | vs ceiling | "
+             "true staleness | s/epoch | refreshes/epoch | lr used |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    ceil = {(s["dataset"], s["model"], s["layers"]): s["test_mean"] for s in summary if s["method"] == "ceiling"}
+    for s in summary:
+        c = ceil.get((s["dataset"], s["model"], s["layers"]))
+        gap = "" if c is None or s["method"] == "ceiling" else f"{s['test_mean'] - c:+.2f}"
+        batches = "1 (full)" if s["method"] == "ceiling" else str(s["batches"])
+        lines.append(f"| {s['dataset']} | {s['model']} {s['layers']}L | {batches} | {s['method']} | "
+                     f"{s['test_mean']:.2f} ± {s['test_std']:.2f} ({s['seeds']}) | {s['test_min']:.2f} | {gap} | "
+                     f"{s['true_staleness']:.3f} | {s['epoch_time_s']:.2f} | {s['refresh_passes_per_epoch']:.0f} | "
+                     f"{s['lr']:.2g} |")
+    return "\n".join(lines)
+
+
+def plot(summary: list[dict[str, Any]], out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = list(results["runs"])
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for ax, field, label in zip(axes, ("test_acc", "true_staleness", "epoch_time_s"),
-                                ("test accuracy", "true staleness (table 0)", "s / epoch")):
-        vals = [[r[field] for r in results["runs"][k]] for k in keys]
-        ax.bar(range(len(keys)), [np.mean(v) for v in vals], yerr=[np.std(v) for v in vals], capsize=3)
-        ax.set_xticks(range(len(keys)), keys, rotation=45, ha="right", fontsize=8)
-        ax.set_title(label)
+    panels = sorted({(s["dataset"], s["model"], s["layers"]) for s in summary})
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax, key in zip(axes[0], panels):
+        rows = [s for s in summary if (s["dataset"], s["model"], s["layers"]) == key]
+        for meth in METHODS:
+            pts = sorted((s["batches"], s["test_mean"], s["test_std"]) for s in rows if s["method"] == meth)
+            if pts:
+                b, m, e = zip(*pts)
+                ax.errorbar(b, m, yerr=e, marker="o", capsize=3, label=meth)
+        for s in rows:
+            if s["method"] == "ceiling":
+                ax.axhline(s["test_mean"], linestyle="--", color="black", label="full-batch ceiling")
+        ax.set_xscale("log")
+        ax.set_xlabel("batches / epoch")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"{key[0]} {key[1]} {key[2]} layers")
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--datasets", default="photo,cs", help="comma list of photo, cs, citeseer, synthetic")
+    p.add_argument("--batches", default="2,10,40,80", help="batches per epoch (must divide --partitions)")
+    p.add_argument("--partitions", type=int, default=80, help="METIS parts per store")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--models", default="gcn", help="comma list of gcn, sage, gat")
+    p.add_argument("--layers", default="2", help="comma list of depths")
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--eval-every", type=int, default=5)
+    p.add_argument("--no-ceiling", dest="ceiling", action="store_false", help="skip the full-batch runs")
+    p.add_argument("--jobs", type=int, default=2, help="runs in parallel (one torch thread each)")
+    p.add_argument("--workdir", type=Path, default=None, help="stores go here (default: a temp dir)")
+    p.add_argument("--out", default="bench_staleness", help="basename of the JSON/PNG in benchmarks/out")
+    for flag in ("lr", "weight-decay", "weight-decay-rest", "grad-clip"):
+        p.add_argument(f"--{flag}", type=float, default=None, help="override the run default")
+    p.add_argument("--lr-scaling", default=None, help="override the run default (sqrt or none)")
+    p.add_argument("--hidden", type=int, default=None)
+    p.add_argument("--dropout", type=float, default=None)
+    p.add_argument("--normalize-features", action="store_true", default=None)
+    args = p.parse_args()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_staleness_"))
+    work.mkdir(parents=True, exist_ok=True)
+    train = {"lr": args.lr, "weight_decay": args.weight_decay, "weight_decay_rest": args.weight_decay_rest,
+             "grad_clip": args.grad_clip, "lr_scaling": args.lr_scaling}
+    model = {"hidden": args.hidden, "dropout": args.dropout, "normalize_features": args.normalize_features}
+    jobs = []
+    for name in args.datasets.split(","):
+        store = str(prepare(work, name, args.partitions))
+        for model_name in args.models.split(","):
+            for layers in (int(x) for x in args.layers.split(",")):
+                base = {"store": store, "dataset": name, "model_name": model_name, "layers": layers,
+                        "epochs": args.epochs, "eval_every": args.eval_every, "train": train, "model": model}
+                if args.ceiling:
+                    jobs += [{**base, "batches": 1, "parts_per_batch": args.partitions, "method": "ceiling",
+                              "seed": s} for s in range(args.seeds)]
+                for b in (int(x) for x in args.batches.split(",")):
+                    if args.partitions % b:
+                        raise SystemExit(f"--batches {b} does not divide --partitions {args.partitions}")
+                    for method in args.methods.split(","):
+                        jobs += [{**base, "batches": b, "parts_per_batch": args.partitions // b, "method": method,
+                                  "seed": s} for s in range(args.seeds)]
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    out_json = OUT_DIR / f"{args.out}.json"
+    results: dict[str, Any] = {"machine": machine(), "args": {k: (str(v) if isinstance(v, Path) else v)
+                                                              for k, v in vars(args).items()},
+                               "command": " ".join(sys.argv), "rows": []}
+    t0 = time.perf_counter()
+    with mp.get_context("spawn").Pool(args.jobs) as pool:
+        for row in pool.imap_unordered(run_one, jobs):
+            results["rows"].append(row)
+            results["total_s"] = time.perf_counter() - t0
+            results["summary"] = summarise(results["rows"])
+            out_json.write_text(json.dumps(results, indent=1))
+            print(f"{row['dataset']:9s} {row['model_name']}{row['layers']} B={row['batches']:<3d} "
+                  f"{row['method']:8s} seed {row['seed']}: test {100 * row['test_acc']:.2f} "
+                  f"(best ep {row['best_epoch']}), stale {row['true_staleness']:.3f}, "
+                  f"{row['epoch_time_s']:.2f} s/ep", flush=True)
+    print(table(results["summary"]))
+    plot(results["summary"], OUT_DIR / f"{args.out}.png")
+    print(f"total {results['total_s']:.0f} s; wrote {out_json} and {args.out}.png")
+    if args.workdir is None:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
 
 
 if __name__ == "__main__":

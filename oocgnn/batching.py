@@ -26,6 +26,17 @@ import torch
 Ranges = list[tuple[int, int]]
 
 
+@dataclass(frozen=True)
+class Action:
+    """One pass of an epoch: ``kind`` is ``"train"`` (forward, backward, step, push) or
+    ``"refresh"`` (forward-only, push); ``parts`` its sorted partition ids, ``ranges``
+    their store-id ranges (what the prefetcher reads)."""
+
+    kind: str
+    parts: tuple[int, ...]
+    ranges: Ranges
+
+
 # --------------------------------------------------------------------------- plans
 def epoch_plan(num_partitions: int, parts_per_batch: int, seed: int, epoch: int) -> list[np.ndarray]:
     """Shuffled groups of partition ids for one epoch (each group sorted).

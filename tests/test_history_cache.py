@@ -11,7 +11,8 @@ from oocgnn.cache import FeatureCache, HistoryCache, next_uses
 from oocgnn.history import HistorySet
 from oocgnn.testing.stores import make_store, random_graph
 from oocgnn.train.config import IOConfig, ModelConfig, OptimConfig, RunConfig
-from oocgnn.train.run import fit, make_trainer
+from oocgnn.runner import make_trainer
+from oocgnn.train.run import fit
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ from oocgnn.prefetch import BatchLoader, Prefetcher
 from oocgnn.testing.stores import make_store, random_graph
 from oocgnn.train.config import IOConfig, ModelConfig, OptimConfig, RunConfig
 from oocgnn.train.loop import Trainer
-from oocgnn.train.run import fit, make_trainer
+from oocgnn.runner import make_trainer
+from oocgnn.train.run import fit
 
 
 @pytest.fixture(scope="module")

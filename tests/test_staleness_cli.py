@@ -81,11 +81,15 @@ def test_methods_write_staleness_metrics(store, tmp_path, method, extra):
         assert (run / "histories" / "stale_out.npy").exists()
 
 
-def test_rest_f1_equals_gas(store, tmp_path):
-    assert train(store, tmp_path / "gas", "--method", "gas") == 0
-    assert train(store, tmp_path / "rest", "--method", "rest", "--refresh-per-step", "1") == 0
-    assert_bitwise(tmp_path / "gas", tmp_path / "rest")
-    assert metrics(tmp_path / "rest")[-1]["refresh_passes"] == 0
+def test_rest_default_refreshes_and_f1_is_refused(store, tmp_path, capsys):
+    """--method rest must act: its default F is REST's 2; F = 1 (plain GAS in disguise) is refused in one line."""
+    assert train(store, tmp_path / "rest", "--method", "rest") == 0
+    assert metrics(tmp_path / "rest")[-1]["refresh_passes"] > 0
+    assert "refresh_per_step = 2.0" in (tmp_path / "rest" / "config.toml").read_text()
+    capsys.readouterr()
+    assert train(store, tmp_path / "rest1", "--method", "rest-is", "--refresh-per-step", "1") == 2
+    err = capsys.readouterr().err.strip()
+    assert "never refreshes" in err and len(err.splitlines()) == 1, err
 
 
 def test_bad_staleness_options_are_one_line_errors(store, tmp_path, capsys):
@@ -109,16 +113,16 @@ def test_resume_rejects_changed_staleness_option(store, tmp_path, monkeypatch, c
 
 def _sigterm_at_refresh(monkeypatch, n: int) -> None:
     """Deliver a real SIGTERM to this process during the ``n``-th REST refresh pass."""
-    from oocgnn.staleness import driver
+    from oocgnn.train.loop import Trainer
 
-    orig, calls = driver.refresh_step, [0]
+    orig, calls = Trainer.refresh, [0]
 
-    def refresh_then_signal(trainer, control, batch):
-        orig(trainer, control, batch)
+    def refresh_then_signal(self, batch):
+        orig(self, batch)
         calls[0] += 1
         if calls[0] == n:
             os.kill(os.getpid(), signal.SIGTERM)
-    monkeypatch.setattr(driver, "refresh_step", refresh_then_signal)
+    monkeypatch.setattr(Trainer, "refresh", refresh_then_signal)
 
 
 def test_rest_sigterm_mid_refresh_then_resume_is_bitwise(store, tmp_path, monkeypatch, caplog):

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from oocgnn.staleness.control import StalenessConfig, StalenessControl
-from oocgnn.staleness.driver import train_epoch
+from oocgnn.config import IOConfig, ModelConfig, OptimConfig, RunConfig, StalenessConfig
+from oocgnn.errors import ConfigError
+from oocgnn.runner import make_trainer
 from oocgnn.testing.stores import make_store, random_graph
-from oocgnn.train.config import IOConfig, ModelConfig, OptimConfig, RunConfig
 from oocgnn.train.loop import Trainer
 
 
@@ -19,31 +19,73 @@ def store(tmp_path_factory):
                       num_partitions=10)
 
 
-def make(ds, scfg: StalenessConfig, model: str = "gcn", seed: int = 0):
+def make(ds, scfg: StalenessConfig, model: str = "gcn", seed: int = 0, fill: bool = True):
     cfg = RunConfig(model=ModelConfig(name=model, layers=3, hidden=8, dropout=0.2),
-                    train=OptimConfig(lr=0.01, epochs=2, parts_per_batch=1, seed=seed),
-                    io=IOConfig(io_threads=1, prefetch=1, cache="none", in_memory=True))
-    ctl = StalenessControl(scfg, ds.num_nodes, ds.indptr, ds.indices, ds.partition_ptr, 1, seed,
-                           cfg.model.layers - 1, ds.num_classes)
-    torch.manual_seed(seed)
-    model_obj = ctl.build_model(model, ds.num_features, 8, ds.num_classes, 3, dropout=0.2)
-    return Trainer(ds, cfg, None, model=model_obj), ctl
+                    train=OptimConfig(lr=0.01, epochs=2, parts_per_batch=1, seed=seed, fill_histories=fill),
+                    io=IOConfig(io_threads=1, prefetch=1, cache="none", in_memory=True), staleness=scfg)
+    tr = make_trainer(ds, cfg, None)
+    return tr, tr.policy
+
+
+def train_epoch(tr, ctl):
+    return tr.train_epoch()
 
 
 def params(tr):
     return [p.detach().clone() for p in tr.model.parameters()]
 
 
-def test_rest_f1_equals_gas_exactly(store):
-    gas, _ = make(store, StalenessConfig())
-    gas_losses = [gas.train_epoch_gas()["loss"] for _ in range(2)]  # the plain GAS loop (oracle)
-    rest, ctl = make(store, StalenessConfig(method="rest", refresh_per_step=1.0))
-    rest_recs = [train_epoch(rest, ctl) for _ in range(2)]
-    assert [r["loss"] for r in rest_recs] == gas_losses
-    assert all(torch.equal(a, b) for a, b in zip(params(gas), params(rest)))
-    for a, b in zip(gas.histories.tables, rest.histories.tables):
+def test_rest_needs_refreshes():
+    assert StalenessConfig(method="rest").refresh_per_step == 2.0  # REST's default F, not silently GAS
+    assert StalenessConfig(method="rest-is").refresh_per_step == 2.0
+    assert StalenessConfig(method="gas").refresh_per_step == 1.0
+    with pytest.raises(ConfigError, match="never refreshes"):
+        StalenessConfig(method="rest-is", refresh_per_step=1.0)
+
+
+def reference_gas_epoch(tr: Trainer) -> list[float]:
+    """An independent plain-GAS epoch (plan order, forward, loss, backward, Adam step, push): the oracle."""
+    from oocgnn.prefetch import BatchLoader
+
+    plan = tr.plan(tr.state.epoch)
+    loader = BatchLoader(tr.indptr, tr.indices, tr.features, tr.histories, list(range(len(tr.histories))), None, 1)
+    losses = []
+    for batch in tr.prefetcher(plan, loader):
+        tr.model.train()
+        tr.optimizer.zero_grad(set_to_none=True)
+        logits, pushes = tr.model(batch)
+        loss = torch.nn.functional.cross_entropy(logits[batch.train_mask], batch.y[batch.train_mask])
+        loss.backward()
+        tr.optimizer.step()
+        tr.histories.push(pushes, step=tr.state.global_step, ranges=batch.ranges)
+        tr.state.global_step += 1
+        losses.append(float(loss.detach()))
+    tr.histories.flush()
+    tr.state.epoch += 1
+    return losses
+
+
+@pytest.mark.parametrize("policy", ["bare", "staleness-control"])
+def test_one_loop_gas_equals_reference_gas_bitwise(store, policy):
+    """The single epoch loop, with the bare GAS policy or the staleness controller at --method gas,
+    trains bitwise like an independent plain GAS loop (same options, no history fill)."""
+    ref, _ = make(store, StalenessConfig(), fill=False)
+    ref_losses = [reference_gas_epoch(ref) for _ in range(2)]
+    if policy == "bare":
+        tr = Trainer(store, ref.cfg, None)
+    else:
+        tr, _ = make(store, StalenessConfig(), fill=False)
+    recs = [tr.train_epoch() for _ in range(2)]
+    assert [r["loss"] for r in recs] == [float(np.mean(x)) for x in ref_losses]
+    assert all(torch.equal(a, b) for a, b in zip(params(ref), params(tr)))
+    for a, b in zip(ref.histories.tables, tr.histories.tables):
         assert np.array_equal(a.array, b.array)
-    assert rest_recs[-1]["refresh_passes"] == 0 and rest.state.global_step == gas.state.global_step
+
+
+def test_bare_trainer_refuses_a_method_it_cannot_run(store):
+    cfg = RunConfig(staleness=StalenessConfig(method="rest-is"), io=IOConfig(in_memory=True, cache="none"))
+    with pytest.raises(ConfigError, match="make_trainer"):
+        Trainer(store, cfg, None)
 
 
 @pytest.mark.parametrize("scfg", [StalenessConfig(method="rest", refresh_per_step=2.0),

@@ -15,7 +15,8 @@ from oocgnn.testing.stores import make_store, random_graph
 from oocgnn.train.config import EvalConfig, IOConfig, ModelConfig, OptimConfig, RunConfig
 from oocgnn.train.evaluate import evaluate, layerwise_inference
 from oocgnn.train.loop import Trainer
-from oocgnn.train.run import fit, make_trainer
+from oocgnn.runner import make_trainer
+from oocgnn.train.run import fit
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from oocgnn.train.config import load_config
     from oocgnn.train.evaluate import evaluate, export_predictions
-    from oocgnn.train.loop import Trainer
+    from oocgnn.runner import make_trainer
     from oocgnn.train.run import BEST_MODEL, CONFIG
 
     run_dir: Path = args.run_dir
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         raise RunDirError(f"{run_dir} has no {BEST_MODEL}: training never finished an evaluation; train longer")
     cfg = load_config(run_dir / CONFIG)
     ds = open_dataset(args.data or cfg.data)
-    trainer = Trainer(ds, cfg, run_dir)
+    trainer = make_trainer(ds, cfg, run_dir, caches=False)
     try:
         trainer.model.load_state_dict(torch.load(run_dir / BEST_MODEL, map_location=trainer.device))
         accs, preds = evaluate(trainer, refresh=args.eval_refresh)

@@ -29,7 +29,10 @@ log = logging.getLogger(__name__)
 FLAG_MAP = {
     "model": ("model", "name"), "layers": ("model", "layers"), "hidden": ("model", "hidden"),
     "dropout": ("model", "dropout"), "batch_norm": ("model", "batch_norm"),
-    "lr": ("train", "lr"), "weight_decay": ("train", "weight_decay"), "epochs": ("train", "epochs"),
+    "normalize_features": ("model", "normalize_features"),
+    "lr": ("train", "lr"), "lr_scaling": ("train", "lr_scaling"), "weight_decay": ("train", "weight_decay"),
+    "weight_decay_rest": ("train", "weight_decay_rest"), "grad_clip": ("train", "grad_clip"),
+    "fill_histories": ("train", "fill_histories"), "epochs": ("train", "epochs"),
     "parts_per_batch": ("train", "parts_per_batch"), "seed": ("train", "seed"),
     "device": ("io", "device"), "io_threads": ("io", "io_threads"), "prefetch": ("io", "prefetch"),
     "memory_budget": ("io", "memory_budget"), "history_dtype": ("io", "history_dtype"),
@@ -62,9 +65,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--dropout", type=float, help="dropout probability (default 0.5)")
     g.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=None,
                    help="batch norm after hidden layers (default off)")
+    g.add_argument("--normalize-features", action=argparse.BooleanOptionalAction, default=None,
+                   help="row-normalise input features to sum 1, as GAS and Kipf & Welling do on Planetoid "
+                        "(helps CiteSeer; hurts raw bag-of-words co-purchase graphs) (default off)")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--lr", type=float, help="Adam learning rate (default 0.01)")
-    g.add_argument("--weight-decay", type=float, help="Adam weight decay (default 0)")
+    g.add_argument("--lr", type=float,
+                   help="full-batch Adam learning rate; the step's rate follows --lr-scaling (default 0.01)")
+    g.add_argument("--lr-scaling", choices=("sqrt", "none"),
+                   help="sqrt: Adam steps use lr / sqrt(batches per epoch), which keeps many-batch training "
+                        "from collapsing; none: every step uses --lr (default sqrt)")
+    g.add_argument("--weight-decay", type=float,
+                   help="Adam weight decay of the first layer, as GAS regularises (default 0)")
+    g.add_argument("--weight-decay-rest", type=float, help="Adam weight decay of the other layers (default 0)")
+    g.add_argument("--grad-clip", type=float, metavar="NORM",
+                   help="clip the gradient norm to NORM before each step; 0 = off (default 0)")
+    g.add_argument("--fill-histories", action=argparse.BooleanOptionalAction, default=None,
+                   help="one exact layer-wise inference fills the histories before the first step, as GAS does; "
+                        "--no-fill-histories starts them at zero (default on)")
     g.add_argument("--epochs", type=int, help="training epochs (default 100)")
     g.add_argument("--parts-per-batch", type=int,
                    help="partitions per mini-batch; batches per epoch = partitions / this (default 1)")
@@ -107,8 +124,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "refresh the most-needed, oldest histories first; visagnn: staleness-aware model and loss "
                         "(combines with --refresh-per-step) (default gas)")
     g.add_argument("--refresh-per-step", type=float, metavar="F",
-                   help="history refreshes per optimizer step (REST's F, >= 1, fractional allowed); 1 = GAS "
-                        "(default 1)")
+                   help="history refreshes per optimizer step (REST's F, fractional allowed): > 1 for rest and "
+                        "rest-is, >= 1 for visagnn (default 2 for rest/rest-is, 1 otherwise)")
     g.add_argument("--rest-loop", choices=("extra", "interleave"),
                    help="extra: every plan batch trains, F-1 refresh passes after each step from a separate queue "
                         "covering all partitions; interleave: every F-th plan batch trains, the others only "
@@ -169,7 +186,8 @@ def tqdm_progress(enabled: bool):
 
 
 def run(args: argparse.Namespace) -> int:
-    from oocgnn.train.run import fit, make_trainer
+    from oocgnn.runner import make_trainer
+    from oocgnn.train.run import fit
 
     cfg = resolve_config(args)
     ds = open_dataset(args.data)

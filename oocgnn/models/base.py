@@ -84,6 +84,8 @@ class GASModel(torch.nn.Module):
         self.batch_norm = bool(batch_norm)
         self.residual = bool(residual)
         self.drop_input = bool(drop_input)
+        #: row-normalise input features (set by the trainer from ``--normalize-features``)
+        self.normalize_features = False
         self.history_channels: list[int] = [self.hidden_channels] * (self.num_layers - 1)
 
     @property
@@ -127,6 +129,16 @@ class GASModel(torch.nn.Module):
             state = self._inference_state(batch)
         return self._layer(layer, x, batch, state)
 
+    def first_layer_parameters(self) -> list[torch.nn.Parameter]:
+        """Parameters of the first layer (its conv or input linear, and its norm).
+
+        GAS applies its regularising weight decay to these only (``--weight-decay``);
+        the rest get ``--weight-decay-rest``.
+        """
+        first = self.lins if isinstance(getattr(self, "lins", None), torch.nn.ModuleList) else self.convs
+        modules = [first[0]] + ([self.bns[0]] if self.batch_norm and len(self.bns) else [])
+        return [p for m in modules for p in m.parameters()]
+
     def reset_parameters(self) -> None:
         """Re-initialise every submodule that knows how (convs, linears, norms)."""
         for module in self.modules():
@@ -136,7 +148,17 @@ class GASModel(torch.nn.Module):
     # ------------------------------------------------------------ subclass hooks
     def _prepare(self, x: Tensor, batch: SubgraphBatch) -> tuple[Tensor, State]:
         """Layer-0 input from the features of all B+H rows (and any cross-layer state)."""
-        return F.dropout(x, self.dropout, self.training and self.drop_input), {}
+        return F.dropout(self.input_features(x), self.dropout, self.training and self.drop_input), {}
+
+    def input_features(self, x: Tensor) -> Tensor:
+        """Feature rows as the first layer sees them: row-normalised (sum 1) with ``normalize_features``.
+
+        A row's normalisation depends on that row alone, so doing it per batch equals
+        normalising the stored matrix once (Kipf & Welling and GAS do it on Planetoid).
+        """
+        if not self.normalize_features:
+            return x
+        return x / x.sum(dim=-1, keepdim=True).clamp_(min=1e-12)
 
     def _inference_state(self, batch: SubgraphBatch) -> State:
         """Cross-layer state for :meth:`forward_layer` at layers > 0 (none by default)."""

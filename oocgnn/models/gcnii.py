@@ -42,13 +42,13 @@ class GCNII(GASModel):
         return batch.adj_t
 
     def _prepare(self, x: Tensor, batch: SubgraphBatch) -> tuple[Tensor, State]:
-        x = F.dropout(x, self.dropout, self.training and self.drop_input)
+        x = F.dropout(self.input_features(x), self.dropout, self.training and self.drop_input)
         x0 = F.relu(self.lins[0](x))
         return F.dropout(x0, self.dropout, self.training), {"x_0": x0[: batch.batch_size]}
 
     def _inference_state(self, batch: SubgraphBatch) -> State:
         b = batch.batch_size
-        return {"x_0": F.relu(self.lins[0](batch.x[:b]))}
+        return {"x_0": F.relu(self.lins[0](self.input_features(batch.x[:b])))}
 
     def _layer(self, layer: int, x: Tensor, batch: SubgraphBatch, state: State) -> Tensor:
         conv = self.convs[layer]

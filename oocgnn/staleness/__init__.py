@@ -11,7 +11,6 @@
 """
 from __future__ import annotations
 
-METHODS: tuple[str, ...] = ("gas", "rest", "rest-is", "visagnn")
-REST_LOOPS: tuple[str, ...] = ("extra", "interleave")
+from oocgnn.config import METHODS, REST_LOOPS
 
 __all__ = ["METHODS", "REST_LOOPS"]

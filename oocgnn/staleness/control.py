@@ -24,63 +24,13 @@ import torch
 
 from oocgnn.batch import SubgraphBatch
 from oocgnn.errors import ConfigError
-from oocgnn.staleness import METHODS, REST_LOOPS
+from oocgnn.config import StalenessConfig
 from oocgnn.staleness.importance import node_importance, partition_importance
 from oocgnn.staleness.metrics import (StalenessMeter, enable_halo_grads, halo_grad_norms, read_rows_exact,
                                       true_staleness)
 from oocgnn.staleness.schedule import (Action, RefreshSchedule, ScheduleState, partition_last_step,
                                        refreshes_after_step)
 from oocgnn.staleness.visagnn import StaleLoss, StalenessTracker, VisaOptions, build_visagnn
-
-
-@dataclass
-class StalenessConfig:
-    """``[staleness]`` section of the run config (flags in ``oocgnn train --help``)."""
-
-    method: str = "gas"
-    refresh_per_step: float = 1.0
-    rest_loop: str = "extra"
-    rest_is_uniform: float = 0.1
-    refresh_train_mode: bool = False
-    stale_loss_weight: float = 0.3
-    visagnn_attention: bool = True
-    visagnn_criterion: str = "grad"
-    visagnn_augment: str = "sum"
-    visagnn_drop_threshold: int = 0
-    measure_true_staleness: bool = False
-    push_drift: bool = True
-
-    def __post_init__(self) -> None:
-        for name, kind in (("refresh_per_step", float), ("rest_is_uniform", float), ("stale_loss_weight", float),
-                           ("visagnn_drop_threshold", int)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and v != int(v)):
-                raise ConfigError(f"--{name.replace('_', '-')} must be {'an integer' if kind is int else 'a number'}, "
-                                  f"got {v!r}")
-            setattr(self, name, kind(v))
-        for name in ("refresh_train_mode", "visagnn_attention", "measure_true_staleness", "push_drift"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"[staleness] {name} must be true or false, got {getattr(self, name)!r}")
-        if self.visagnn_criterion == "age":  # CLI alias: age = persistence (steps since the row's last push)
-            self.visagnn_criterion = "persistence"
-        if self.method not in METHODS:
-            raise ConfigError(f"--method {self.method!r}: choose one of {', '.join(METHODS)}")
-        if self.rest_loop not in REST_LOOPS:
-            raise ConfigError(f"--rest-loop {self.rest_loop!r}: choose extra or interleave")
-        if self.refresh_per_step < 1:
-            raise ConfigError(f"--refresh-per-step must be >= 1, got {self.refresh_per_step}")
-        if self.method == "gas" and self.refresh_per_step != 1:
-            raise ConfigError("--refresh-per-step > 1 needs --method rest, rest-is or visagnn")
-        if self.method == "rest-is" and self.rest_loop != "extra":
-            raise ConfigError("--method rest-is needs --rest-loop extra (interleave has no refresh queue to order)")
-        if not 0.0 <= self.rest_is_uniform <= 1.0:
-            raise ConfigError(f"--rest-is-uniform must be in [0, 1], got {self.rest_is_uniform}")
-        self.visa_options()  # validates the VISAGNN switches
-
-    def visa_options(self) -> VisaOptions:
-        return VisaOptions(attention=self.visagnn_attention, criterion=self.visagnn_criterion,
-                           augment=self.visagnn_augment, drop_threshold=self.visagnn_drop_threshold,
-                           stale_loss_weight=self.stale_loss_weight)
 
 
 class StalenessControl:
@@ -90,6 +40,7 @@ class StalenessControl:
                  partition_ptr: np.ndarray, parts_per_batch: int, seed: int, num_tables: int,
                  out_channels: int, run_dir: Path | None = None) -> None:
         self.cfg = cfg
+        self.refresh_train_mode = bool(cfg.refresh_train_mode)
         self.partition_ptr = np.asarray(partition_ptr, dtype=np.int64)
         num_parts = len(self.partition_ptr) - 1
         imp = None
@@ -114,7 +65,10 @@ class StalenessControl:
         """The VISAGNN model for ``--method visagnn``; None = use the plain backbone."""
         if not self.visagnn:
             return None
-        return build_visagnn(name, in_channels, hidden, out_channels, layers, self.cfg.visa_options(),
+        c = self.cfg
+        options = VisaOptions(attention=c.visagnn_attention, criterion=c.visagnn_criterion, augment=c.visagnn_augment,
+                              drop_threshold=c.visagnn_drop_threshold, stale_loss_weight=c.stale_loss_weight)
+        return build_visagnn(name, in_channels, hidden, out_channels, layers, options,
                              self.tracker, **kwargs)
 
     # --------------------------------------------------------------- schedule

@@ -148,10 +148,7 @@ def compare_tables(stale: HistorySet, exact: HistorySet, block_rows: int = 1 << 
 def true_staleness(trainer: Any) -> dict[str, float]:
     """Exact layer-wise recompute into scratch tables, then :func:`compare_tables`.
 
-    Uses evaluation's scratch tables (``refresh=False``), so the training histories
-    and their last-push steps are untouched.  Costs one full inference.
+    ``trainer.exact_histories()`` recomputes into evaluation's scratch tables, so the
+    training histories and their last-push steps are untouched.  Costs one full inference.
     """
-    from oocgnn.train.evaluate import _scratch, layerwise_inference
-
-    layerwise_inference(trainer, refresh=False)
-    return compare_tables(trainer.histories, _scratch(trainer))
+    return compare_tables(trainer.histories, trainer.exact_histories())

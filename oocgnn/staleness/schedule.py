@@ -33,21 +33,12 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from oocgnn.batching import Ranges, epoch_plan, group_ranges
+from oocgnn.batching import Action, epoch_plan, group_ranges
 from oocgnn.errors import ConfigError
 from oocgnn.staleness.importance import draw_refresh_parts
 
 _EPS = 1e-9
 _REFRESH_STREAM = 0x5E57  # separates the refresh queue's RNG stream from the epoch plan's
-
-
-@dataclass(frozen=True)
-class Action:
-    """One pass: ``kind`` is ``"train"`` or ``"refresh"``; ``parts`` sorted partition ids."""
-
-    kind: str
-    parts: tuple[int, ...]
-    ranges: Ranges
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The GAS trainer: explicit state, one training step, one forward-only refresh.
+"""The trainer: explicit state, the one epoch loop, one training step, one refresh.
 
 Everything that decides what happens next lives in :class:`TrainState` (epoch,
 position in the epoch plan, global step, best-valid bookkeeping) plus the model,
@@ -7,11 +7,13 @@ optimizer and torch RNG states, so :meth:`Trainer.state_dict` /
 this).  The epoch plan is a pure function of ``(seed, epoch)`` and is recomputed,
 never stored.
 
-:meth:`Trainer.train_step` does forward + backward + Adam step + push;
-:meth:`Trainer.refresh` is forward-only under ``inference_mode`` and pushes every
-table (REST-style schedules call it between training steps).  Batches without
-training labels still forward and push: skipping them (as the GAS reference code
-does) would leave their histories stale forever.
+:meth:`Trainer.train_epoch` is the only epoch loop: it walks the action list of an
+epoch policy (:mod:`oocgnn.train.policy`; plain GAS = the shuffled plan, every
+batch trains) through one prefetcher.  :meth:`Trainer.train_step` does forward +
+backward + (clipped) Adam step + push; :meth:`Trainer.refresh` is forward-only under
+``inference_mode`` and pushes every table (REST-style policies schedule those).
+Batches without training labels still forward and push: skipping them (as the
+GAS reference code does) would leave their histories stale forever.
 """
 from __future__ import annotations
 
@@ -30,15 +32,15 @@ import torch
 import torch.nn.functional as F
 
 from oocgnn.batch import SubgraphBatch
-from oocgnn.batching import epoch_plan, group_ranges, partition_halo_sizes
+from oocgnn.batching import Action, epoch_plan, group_ranges, partition_halo_sizes
+from oocgnn.cache import begin_epoch_caches, caches_epoch_metrics
 from oocgnn.errors import ConfigError
 from oocgnn.history import HistorySet
 from oocgnn.models import build_model
-from oocgnn.cache import begin_epoch_caches, caches_epoch_metrics
 from oocgnn.prefetch import BatchLoader, IOStats, Prefetcher, Slot, advise_random, ring_rows_bound
-from oocgnn.staleness.control import StalenessControl
 from oocgnn.train.budget import mapped_window, plan_memory
 from oocgnn.train.config import RunConfig
+from oocgnn.train.policy import EpochPolicy, GASPolicy
 from oocgnn.utils.mapped import MappedPageReleaser
 from oocgnn.utils.memory import format_size, resolve_budget
 
@@ -59,6 +61,36 @@ class TrainState:
     refresh_pending: int = 0   #: REST refreshes still owed after the last training step (``extra`` loop)
 
 
+def step_lr(cfg: RunConfig, batches_per_epoch: int) -> float:
+    """Adam's learning rate for ``batches_per_epoch`` optimizer steps per epoch.
+
+    ``--lr`` is the full-batch rate.  With ``--lr-scaling sqrt`` (default) it is divided
+    by sqrt(batches per epoch): Adam's square-root scaling rule for a batch that is
+    1/B of the data (Malladi et al. 2022, "On the SDEs and Scaling Rules for Adaptive
+    Gradient Algorithms").  Measured here (``benchmarks/bench_staleness.py``): at
+    40 batches/epoch the unscaled rate sends a GCN to the majority class even with
+    exact halo embeddings, so the collapse is the optimizer's, not the histories'.
+    """
+    if cfg.train.lr_scaling == "none":
+        return cfg.train.lr
+    return cfg.train.lr / math.sqrt(max(1, batches_per_epoch))
+
+
+def make_optimizer(model: torch.nn.Module, cfg: RunConfig, batches_per_epoch: int = 1) -> torch.optim.Optimizer:
+    """Adam with GAS's two weight-decay groups: ``--weight-decay`` on the first layer, ``--weight-decay-rest`` after.
+
+    The GAS reference regularises only the first layer's modules (its
+    ``reg_weight_decay``); the wide first layer is where bag-of-words inputs overfit.
+    The rate is :func:`step_lr`.
+    """
+    tr = cfg.train
+    first = model.first_layer_parameters() if hasattr(model, "first_layer_parameters") else []
+    first_ids = {id(p) for p in first}
+    rest = [p for p in model.parameters() if id(p) not in first_ids]
+    groups = [{"params": first, "weight_decay": tr.weight_decay}, {"params": rest, "weight_decay": tr.weight_decay_rest}]
+    return torch.optim.Adam([g for g in groups if g["params"]], lr=step_lr(cfg, batches_per_epoch))
+
+
 class Trainer:
     """Owns model, optimizer, histories, staging ring and I/O pool for one run.
 
@@ -67,8 +99,12 @@ class Trainer:
     """
 
     def __init__(self, ds: Any, cfg: RunConfig, run_dir: str | Path | None = None,
-                 model: torch.nn.Module | None = None) -> None:
+                 model: torch.nn.Module | None = None, policy: EpochPolicy | None = None) -> None:
+        if policy is None and cfg.staleness.method != "gas":
+            raise ConfigError(f"--method {cfg.staleness.method} needs its epoch policy: build the trainer with "
+                              "oocgnn.runner.make_trainer (Trainer alone trains plain GAS)")
         self.ds, self.cfg = ds, cfg
+        self.policy: EpochPolicy = policy if policy is not None else GASPolicy()
         self.budget = resolve_budget(cfg.io.memory_budget)
         # memmapped store/history pages count in RSS: keep them under a window of the budget from the
         # first read on (the halo sizes below already scan the whole CSR); stopped by close() or GC
@@ -80,19 +116,21 @@ class Trainer:
             raise ConfigError("--device cuda requested but this torch build has no CUDA device; use --device cpu")
         in_mem = cfg.io.in_memory or self.run_dir is None
         m = cfg.model
-        # staleness control (REST / REST-IS / VISAGNN schedule, metrics and VISAGNN state); --method gas
-        # trains exactly the plain GAS epoch.  Built before the model: it owns VISAGNN's model.
-        self.staleness = StalenessControl(
-            cfg.staleness, ds.num_nodes, ds.indptr, ds.indices, ds.partition_ptr, cfg.train.parts_per_batch,
-            cfg.train.seed, m.layers - 1, ds.num_classes, None if in_mem else self.run_dir)
         torch.manual_seed(cfg.train.seed)
+        if model is None:  # a policy may bring its own model (VISAGNN); else the plain backbone
+            model = self.policy.build_model(m.name, ds.num_features, m.hidden, ds.num_classes, m.layers,
+                                            dropout=m.dropout, batch_norm=m.batch_norm)
         if model is None:
-            model = self.staleness.build_model(m.name, ds.num_features, m.hidden, ds.num_classes, m.layers,
-                                               dropout=m.dropout, batch_norm=m.batch_norm)
-        self.model = model if model is not None else build_model(
-            m.name, ds.num_features, m.hidden, ds.num_classes, m.layers, dropout=m.dropout, batch_norm=m.batch_norm)
+            model = build_model(m.name, ds.num_features, m.hidden, ds.num_classes, m.layers, dropout=m.dropout,
+                                batch_norm=m.batch_norm)
+        self.model = model
+        self.model.normalize_features = m.normalize_features
         self.model.to(self.device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        self.partition_ptr = np.asarray(ds.partition_ptr, dtype=np.int64)
+        self.batches_per_epoch = math.ceil((len(self.partition_ptr) - 1) / cfg.train.parts_per_batch)
+        self.optimizer = make_optimizer(self.model, cfg, self.batches_per_epoch)
+        log.info("Adam lr %.3g (--lr %g, --lr-scaling %s, %d batches/epoch)", self.optimizer.param_groups[0]["lr"],
+                 cfg.train.lr, cfg.train.lr_scaling, self.batches_per_epoch)
         self.state = TrainState()
 
         hist_dir = None if in_mem else self.run_dir / "histories"
@@ -107,13 +145,13 @@ class Trainer:
         self.labels = np.asarray(ds.labels).astype(np.int64)
         self.train_mask = np.zeros(ds.num_nodes, dtype=bool)
         self.train_mask[ds.split("train")] = True
-        self.partition_ptr = np.asarray(ds.partition_ptr, dtype=np.int64)
 
         self._build_ring()
         self._pool: ThreadPoolExecutor | None = None
         self.cache = None  # feature cache, attached by oocgnn.cache when the budget allows
         self.hist_caches: list | None = None  # per-table history caches (same attach)
         self.last_stats = IOStats()
+        self.last_grad_norm: float | None = None  #: gradient norm before clipping at the last step
 
     # ------------------------------------------------------------ staging ring
     def _build_ring(self) -> None:
@@ -151,97 +189,126 @@ class Trainer:
 
     # --------------------------------------------------------------- training
     def train_step(self, batch: SubgraphBatch) -> float:
-        """Forward, backward and Adam step on one batch, then push its rows."""
-        self.model.train()
-        self.optimizer.zero_grad(set_to_none=True)
-        logits, pushes = self.model(batch)
+        """Forward, backward (task + policy loss), clipped Adam step on one batch, then push its rows."""
+        model, opt, policy = self.model, self.optimizer, self.policy
+        model.train()
+        opt.zero_grad(set_to_none=True)
+        policy.before_train(batch, self.state.global_step)
+        logits, pushes = model(batch)
         mask = batch.train_mask
+        labelled = int(mask.sum())
         loss_value = float("nan")
-        if bool(mask.any()):
+        if labelled:
             loss = F.cross_entropy(logits[mask], batch.y[mask])
-            loss.backward()
-            self.optimizer.step()
+            extra = policy.extra_loss(logits, batch)
+            (loss if extra is None else loss + extra).backward()
+            policy.after_backward(batch, labelled)
+            if self.cfg.train.grad_clip > 0:
+                self.last_grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.train.grad_clip))
+            opt.step()
             loss_value = float(loss.detach())
         if pushes:
+            policy.before_push(self.histories, batch, pushes)
             self.histories.push(pushes, step=self.state.global_step, ranges=batch.ranges)
+        policy.after_train(batch, logits)
         self.state.global_step += 1
         return loss_value
 
     @torch.inference_mode()
-    def refresh(self, batch: SubgraphBatch, eval_semantics: bool = True) -> None:
+    def refresh(self, batch: SubgraphBatch) -> None:
         """Forward-only pass that pushes every table (no parameter update).
 
-        ``eval_semantics`` (default) disables dropout and leaves BN running stats alone.
+        Eval semantics (no dropout, BN running stats untouched) unless the policy asks
+        for training semantics (``--refresh-train-mode``).
         """
         was_training = self.model.training
-        self.model.train(not eval_semantics)
+        self.model.train(bool(self.policy.refresh_train_mode))
         try:
             _, pushes = self.model(batch)
         finally:
             self.model.train(was_training)
         if pushes:
+            self.policy.before_push(self.histories, batch, pushes)
             self.histories.push(pushes, step=self.state.global_step, ranges=batch.ranges)
+        self.policy.after_refresh(batch)
+
+    def exact_histories(self) -> HistorySet:
+        """Every table recomputed exactly with the current parameters, in scratch tables.
+
+        The training tables and their last-push steps stay untouched (true-staleness metric).
+        """
+        from oocgnn.train.evaluate import _scratch, layerwise_inference
+
+        layerwise_inference(self, refresh=False)
+        return _scratch(self)
+
+    def fill_histories(self) -> None:
+        """One exact layer-wise inference into the training tables, so no row is zero at step 0.
+
+        GAS does this before its first epoch; without it the first epoch's halos read
+        zeros (``--no-fill-histories`` keeps that behaviour).
+        """
+        from oocgnn.train.evaluate import layerwise_inference
+
+        layerwise_inference(self, refresh=True)
 
     def train_epoch(self, on_batch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-        """Train the rest of ``state.epoch`` under the staleness controller (``cfg.staleness``).
-
-        With ``--method gas`` (and F = 1 for REST) the action list is the GAS epoch plan and
-        the result is bitwise identical to :meth:`train_epoch_gas`; the record additionally
-        carries the staleness metrics (see :mod:`oocgnn.staleness.metrics`).
-        """
-        from oocgnn.staleness.driver import train_epoch
-
-        return train_epoch(self, self.staleness, on_batch)
-
-    def epoch_length(self, epoch: int) -> int:
-        """Passes (training steps + REST refreshes) of ``epoch`` from the start (progress bars)."""
-        return self.staleness.epoch_length(len(self.plan(epoch)), self.state.global_step)
-
-    def train_epoch_gas(self, on_batch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-        """The plain GAS epoch without the staleness controller (reference oracle for tests).
-
-        Trains from ``state.position`` to the end of ``state.epoch``'s plan.
-        """
+        """Run the rest of ``state.epoch``: every action of the policy's plan, read ahead by one prefetcher."""
+        st = self.state
+        if (self.cfg.train.fill_histories and st.epoch == 0 and st.position == 0 and st.global_step == 0
+                and len(self.histories)):
+            self.fill_histories()
         t0 = time.perf_counter()
-        plan = self.plan(self.state.epoch)
+        actions = self.policy.plan_epoch(self)
         loader = BatchLoader(self.indptr, self.indices, self.features, self.histories,
                              list(range(len(self.histories))), self.pool, self.cfg.io.io_threads, self.cache,
-                             getattr(self, "hist_caches", None))
-        begin_epoch_caches(self, plan[self.state.position:])
+                             self.hist_caches)
+        begin_epoch_caches(self, [a.ranges for a in actions])
         written0 = self.histories.bytes_written
-        pf = self.prefetcher(plan[self.state.position:], loader)
-        losses, ages_sum, ages_n, never = [], 0, 0, 0
-        for batch in pf:
-            for a in batch.hist_age:
-                a = a.numpy()
-                never += int((a < 0).sum())
-                ages_sum += int(a[a >= 0].sum())
-                ages_n += int((a >= 0).sum())
-            losses.append(self.train_step(batch))
-            self.state.position += 1
+        pf = self.prefetcher([a.ranges for a in actions], loader)
+        losses: list[float] = []
+        ages_sum = ages_n = never = 0  # pooled over tables and training steps
+        for action, batch in zip(actions, pf):
+            if action.kind == "train":
+                for a in batch.hist_age:
+                    a = a.numpy()
+                    never += int((a < 0).sum())
+                    ages_sum += int(a[a >= 0].sum())
+                    ages_n += int((a >= 0).sum())
+                losses.append(self.train_step(batch))
+            else:
+                self.refresh(batch)
+            self.policy.advance(st, action)
             if on_batch is not None:
-                on_batch({"loss": losses[-1], "io_wait_s": pf.stats.io_wait_s})
+                on_batch({"loss": losses[-1] if losses else float("nan"), "io_wait_s": pf.stats.io_wait_s})
         self.histories.flush()
-        self.state.epoch += 1
-        self.state.position = 0
-        st = pf.stats
-        self.last_stats = st
+        st.epoch += 1
+        st.position = 0
+        stats = pf.stats
+        self.last_stats = stats
         elapsed = time.perf_counter() - t0
         finite = [v for v in losses if not math.isnan(v)]
-        rec = {"epoch": self.state.epoch, "step": self.state.global_step,
-               "loss": float(np.mean(finite)) if finite else float("nan"),
-               "epoch_time_s": elapsed, "io_wait_s": st.io_wait_s,
-               "io_wait_fraction": st.io_wait_s / elapsed if elapsed > 0 else 0.0,
-               "batches": st.batches, "bytes_read": st.feature_bytes + st.history_bytes + st.csr_bytes,
-               "bytes_written": self.histories.bytes_written - written0,
-               "history_bytes_read": st.history_bytes, "feature_bytes_read": st.feature_bytes,
-               "halo_rows": st.halo_rows, "batch_rows": st.batch_rows,
-               "patched_from_pending": st.patched_pending, "patched_from_table": st.patched_table,
-               "stale_rows_read": st.stale_rows,
-               "hist_age_mean": ages_sum / ages_n if ages_n else None,
-               "hist_never_written": never}
+        rec: dict[str, Any] = {
+            "epoch": st.epoch, "step": st.global_step, "loss": float(np.mean(finite)) if finite else float("nan"),
+            "epoch_time_s": elapsed, "io_wait_s": stats.io_wait_s,
+            "io_wait_fraction": stats.io_wait_s / elapsed if elapsed > 0 else 0.0, "batches": stats.batches,
+            "train_batches": len(losses),
+            "bytes_read": stats.feature_bytes + stats.history_bytes + stats.csr_bytes,
+            "bytes_written": self.histories.bytes_written - written0,
+            "history_bytes_read": stats.history_bytes, "feature_bytes_read": stats.feature_bytes,
+            "halo_rows": stats.halo_rows, "batch_rows": stats.batch_rows,
+            "patched_from_pending": stats.patched_pending, "patched_from_table": stats.patched_table,
+            "stale_rows_read": stats.stale_rows,
+            "hist_age_mean": ages_sum / ages_n if ages_n else None, "hist_never_written": never}
+        if self.cfg.train.grad_clip > 0:
+            rec["grad_norm_last"] = self.last_grad_norm
         rec.update(caches_epoch_metrics(self))
+        rec.update(self.policy.epoch_record(self))
         return rec
+
+    def epoch_length(self, epoch: int) -> int:
+        """Passes (training steps + refreshes) of ``epoch`` from the start (progress bars)."""
+        return self.policy.epoch_length(len(self.plan(epoch)), self.state.global_step)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -253,7 +320,7 @@ class Trainer:
         """
         return {"version": STATE_VERSION, "state": asdict(self.state), "model": copy.deepcopy(self.model.state_dict()),
                 "optimizer": copy.deepcopy(self.optimizer.state_dict()), "torch_rng": torch.get_rng_state(),
-                "staleness": self.staleness.state_dict()}
+                "staleness": self.policy.state_dict()}
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         if sd.get("version") != STATE_VERSION:
@@ -263,7 +330,7 @@ class Trainer:
         self.optimizer.load_state_dict(sd["optimizer"])
         torch.set_rng_state(sd["torch_rng"])
         if sd.get("staleness") is not None:
-            self.staleness.load_state_dict(sd["staleness"])
+            self.policy.load_state_dict(sd["staleness"])
 
     def journaled_tables(self) -> list[Any]:
         """On-disk tables besides the histories that the checkpoint undo journal must cover.
@@ -271,16 +338,16 @@ class Trainer:
         VISAGNN's staleness-loss table (``RUN/histories/stale_out.npy``) is overwritten at
         every training step, exactly like a history table, so it is journaled like one.
         """
-        return self.staleness.journaled_tables()
+        return self.policy.journaled_tables()
 
     def attach_journal(self, journal: Any, first_index: int, steps: list[np.ndarray]) -> None:
         """Route writes of :meth:`journaled_tables` through ``journal`` (indices from ``first_index``)."""
-        self.staleness.attach_journal(journal, first_index, steps)
+        self.policy.attach_journal(journal, first_index, steps)
 
     def close(self) -> None:
         """Land pending pushes, join the writer threads, the I/O pool and the page releaser."""
         self.histories.close()
-        self.staleness.close()
+        self.policy.close()
         scratch = getattr(self, "_eval_scratch", None)
         if scratch is not None:
             scratch.close()

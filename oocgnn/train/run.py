@@ -113,13 +113,3 @@ def _with_step_hook(cb: Callable[[dict[str, Any]], None] | None, session: Any, t
             cb(info)
         session.after_step(trainer)
     return on_batch
-
-
-def make_trainer(ds: Any, cfg: RunConfig, run_dir: Path | None) -> Trainer:
-    """Trainer plus the hot-row cache when the budget leaves room for it."""
-    trainer = Trainer(ds, cfg, run_dir)
-    if cfg.io.cache != "none" and cfg.io.cache_fraction > 0:
-        from oocgnn.cache import attach_feature_cache
-
-        attach_feature_cache(trainer)
-    return trainer

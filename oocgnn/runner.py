@@ -1,0 +1,38 @@
+"""Assembles a trainer for a run config: the epoch policy plugged into the one trainer.
+
+The trainer (:mod:`oocgnn.train`) and the staleness methods (:mod:`oocgnn.staleness`)
+never import each other; this module, above both, builds the policy the config
+asks for (:class:`~oocgnn.staleness.control.StalenessControl`, which also measures
+staleness for plain GAS) and hands it to :class:`~oocgnn.train.loop.Trainer`.  The
+CLI, checkpoint resume, benchmarks and tests all build trainers through here.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from oocgnn.config import RunConfig
+from oocgnn.staleness.control import StalenessControl
+from oocgnn.train.loop import Trainer
+
+
+def make_policy(ds: Any, cfg: RunConfig, run_dir: Path | None) -> StalenessControl:
+    """The staleness policy of ``cfg.staleness`` for dataset ``ds`` (tables under ``run_dir``)."""
+    in_mem = cfg.io.in_memory or run_dir is None
+    return StalenessControl(cfg.staleness, ds.num_nodes, ds.indptr, ds.indices, ds.partition_ptr,
+                            cfg.train.parts_per_batch, cfg.train.seed, cfg.model.layers - 1, ds.num_classes,
+                            None if in_mem else Path(run_dir))
+
+
+def make_trainer(ds: Any, cfg: RunConfig, run_dir: str | Path | None, caches: bool = True,
+                 model: torch.nn.Module | None = None) -> Trainer:
+    """Trainer with its policy, plus the hot-row caches when ``caches`` and the budget allow."""
+    run_dir = Path(run_dir) if run_dir is not None else None
+    trainer = Trainer(ds, cfg, run_dir, model=model, policy=make_policy(ds, cfg, run_dir))
+    if caches and cfg.io.cache != "none" and cfg.io.cache_fraction > 0:
+        from oocgnn.cache import attach_feature_cache
+
+        attach_feature_cache(trainer)
+    return trainer

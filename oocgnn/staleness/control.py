@@ -15,7 +15,6 @@ staleness decision so the loop stays GAS-shaped:
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,6 @@ import numpy as np
 import torch
 
 from oocgnn.batch import SubgraphBatch
-from oocgnn.errors import ConfigError
 from oocgnn.config import StalenessConfig
 from oocgnn.staleness.importance import node_importance, partition_importance
 from oocgnn.staleness.metrics import (StalenessMeter, enable_halo_grads, halo_grad_norms, read_rows_exact,

@@ -11,10 +11,13 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from oocgnn.config import (EvalConfig, IOConfig, ModelConfig, OptimConfig, RunConfig,  # noqa: F401 (re-export)
-                           StalenessConfig)
+from oocgnn.config import EvalConfig, IOConfig, ModelConfig, OptimConfig, RunConfig, StalenessConfig
 from oocgnn.errors import ConfigError
 from oocgnn.utils.atomic import atomic_write_bytes
+
+#: the dataclasses are re-exported: callers import the whole run config from here
+__all__ = ["EvalConfig", "IOConfig", "ModelConfig", "OptimConfig", "RunConfig", "StalenessConfig", "dumps_toml",
+           "load_config", "load_toml", "merge", "save_config"]
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:

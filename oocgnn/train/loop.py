@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from oocgnn.batch import SubgraphBatch
-from oocgnn.batching import Action, epoch_plan, group_ranges, partition_halo_sizes
+from oocgnn.batching import epoch_plan, group_ranges, partition_halo_sizes
 from oocgnn.cache import begin_epoch_caches, caches_epoch_metrics
 from oocgnn.errors import ConfigError
 from oocgnn.history import HistorySet
@@ -67,9 +67,10 @@ def step_lr(cfg: RunConfig, batches_per_epoch: int) -> float:
     ``--lr`` is the full-batch rate.  With ``--lr-scaling sqrt`` (default) it is divided
     by sqrt(batches per epoch): Adam's square-root scaling rule for a batch that is
     1/B of the data (Malladi et al. 2022, "On the SDEs and Scaling Rules for Adaptive
-    Gradient Algorithms").  Measured here (``benchmarks/bench_staleness.py``): at
-    40 batches/epoch the unscaled rate sends a GCN to the majority class even with
-    exact halo embeddings, so the collapse is the optimizer's, not the histories'.
+    Gradient Algorithms").  Measured here (``benchmarks/bench_collapse.py``): at
+    40 batches/epoch the unscaled rate kills most ReLUs and sends a GCN towards the
+    majority class even when every halo row is exact, so the collapse is the
+    optimizer's, not the histories'.
     """
     if cfg.train.lr_scaling == "none":
         return cfg.train.lr

@@ -37,7 +37,7 @@ def worker(spec: dict) -> dict:
     from oocgnn.store.reader import open_dataset
     from oocgnn.train.config import EvalConfig, IOConfig, ModelConfig, OptimConfig, RunConfig
     from oocgnn.runner import make_trainer
-from oocgnn.train.run import fit
+    from oocgnn.train.run import fit
     from oocgnn.utils.memory import lifetime_peak_rss
 
     ds = open_dataset(spec["store"])

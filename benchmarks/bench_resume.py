@@ -44,7 +44,7 @@ def train_once(store: Path, work: Path, args: argparse.Namespace, opts) -> dict:
     from oocgnn.checkpoint import RunSession
     from oocgnn.store.reader import open_dataset
     from oocgnn.runner import make_trainer
-from oocgnn.train.run import fit
+    from oocgnn.train.run import fit
 
     run_dir = work / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -73,7 +73,7 @@ def resume_time(store: Path, work: Path, args: argparse.Namespace) -> dict:
     from oocgnn.checkpoint import CheckpointOptions, RunSession
     from oocgnn.store.reader import open_dataset
     from oocgnn.runner import make_trainer
-from oocgnn.train.run import fit
+    from oocgnn.train.run import fit
 
     run_dir = work / "run"
     shutil.rmtree(run_dir, ignore_errors=True)

@@ -166,6 +166,9 @@ def plot(summary: list[dict[str, Any]], out: Path) -> None:
             if s["method"] == "ceiling":
                 ax.axhline(s["test_mean"], linestyle="--", color="black", label="full-batch ceiling")
         ax.set_xscale("log")
+        ticks = sorted({s["batches"] for s in rows if s["method"] != "ceiling"})
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
         ax.set_xlabel("batches / epoch")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"{key[0]} {key[1]} {key[2]} layers")
@@ -173,6 +176,23 @@ def plot(summary: list[dict[str, Any]], out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
+
+
+def merge(paths: list[Path], out: str) -> int:
+    """One table and plot from the rows of several sweeps (e.g. one per dataset or method)."""
+    rows, commands = [], []
+    for path in paths:
+        data = json.loads(path.read_text())
+        rows += data["rows"]
+        commands.append(data.get("command", ""))
+    summary = summarise(rows)
+    print(table(summary))
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    (OUT_DIR / f"{out}.json").write_text(json.dumps({"machine": machine(), "merged_from": [str(p) for p in paths],
+                                                     "commands": commands, "rows": rows, "summary": summary},
+                                                    indent=1))
+    plot(summary, OUT_DIR / f"{out}.png")
+    return 0
 
 
 def main() -> int:
@@ -196,7 +216,11 @@ def main() -> int:
     p.add_argument("--hidden", type=int, default=None)
     p.add_argument("--dropout", type=float, default=None)
     p.add_argument("--normalize-features", action="store_true", default=None)
+    p.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
+                   help="run nothing: gather the rows of earlier sweeps' JSON files into one table and plot")
     args = p.parse_args()
+    if args.merge:
+        return merge(args.merge, args.out)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_staleness_"))
     work.mkdir(parents=True, exist_ok=True)
     train = {"lr": args.lr, "weight_decay": args.weight_decay, "weight_decay_rest": args.weight_decay_rest,

@@ -3,7 +3,7 @@
 Everything here streams: no function loads a whole large array into RAM, and every
 malformed input surfaces as an :class:`oocgnn.errors.InputError` naming the file.
 """
-from oocgnn.io.npy_stream import (
+from oocgnn.prepare.readers.npy_stream import (
     NpyMemberInfo,
     NpyStream,
     iter_edge_blocks,
@@ -15,7 +15,7 @@ from oocgnn.io.npy_stream import (
     read_small_array,
     spill_to_raw,
 )
-from oocgnn.io.torch_zip import load_torch_pickle
+from oocgnn.prepare.readers.torch_zip import load_torch_pickle
 
 __all__ = [
     "NpyMemberInfo",

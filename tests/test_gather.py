@@ -1,0 +1,163 @@
+"""The row-gather engine (oocgnn.io): bitwise equal to numpy, fallback, read errors, training."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from oocgnn.errors import ConfigError, ReadError
+from oocgnn.io import RowFile, gather_rows, reset_fallback_warnings, rowfile_for
+from oocgnn.io import rowfile as rowfile_mod
+
+SHAPES = [(1433, np.float32), (100, np.float32), (64, np.float16), (1024, np.float32)]
+
+
+def write_table(path: Path, rows: int, width: int, dtype, seed: int = 0) -> np.ndarray:
+    a = np.random.default_rng(seed).standard_normal((rows, width)).astype(dtype)
+    np.save(path, a)
+    return a
+
+
+def id_sets(n: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(1)
+    return {
+        "random_sorted": np.sort(rng.choice(n, n // 3, replace=False)),
+        "unsorted": rng.permutation(n)[: n // 2],
+        "duplicated": rng.integers(0, n, 2 * n),
+        "empty": np.empty(0, np.int64),
+        "first_last": np.array([0, n - 1, 0, n - 1, n - 2, 1]),
+        "dense": np.arange(n),
+    }
+
+
+@pytest.mark.parametrize("engine", ["direct", "pread", "mmap"])
+@pytest.mark.parametrize("width,dtype", SHAPES)
+def test_engine_equals_numpy_bitwise(tmp_path, engine, width, dtype) -> None:
+    n = 700
+    ref = write_table(tmp_path / "t.npy", n, width, dtype)
+    mm = np.load(tmp_path / "t.npy", mmap_mode="r")
+    # small chunks and queue so chunk boundaries, threads and page-spanning rows are all exercised
+    with rowfile_for(mm, engine, queue_depth=8, chunk_pages=64) if engine != "mmap" else \
+            RowFile(mm.filename, mm.offset, width * np.dtype(dtype).itemsize, n, "mmap") as f:
+        assert f.engine == engine
+        for name, ids in id_sets(n).items():
+            out = np.full((len(ids), width), 7, dtype=dtype)
+            gather_rows(f, ids, out)
+            assert out.tobytes() == ref[ids].tobytes(), name
+
+
+def test_direct_reads_rows_written_through_a_memmap_not_yet_written_back(tmp_path) -> None:
+    """A history push lands in a shared memmap (dirty page cache); O_DIRECT must still see it."""
+    from oocgnn.history import HistorySet
+
+    hs = HistorySet(1000, [100], "float32", tmp_path / "hist")
+    ids = np.arange(100, 900, 3)
+    f = rowfile_for(hs.tables[0].array, "direct")
+    assert f.engine == "direct"
+    before = np.empty((len(ids), 100), np.float32)
+    gather_rows(f, ids, before)
+    assert not before.any()
+    vals = torch.randn(800, 100)
+    hs.push([vals], step=0, ranges=[(100, 900)])
+    hs.flush()  # landed in the memmap; nothing called msync
+    out = np.empty((len(ids), 100), np.float32)
+    gather_rows(f, ids, out)
+    assert out.tobytes() == vals.numpy()[ids - 100].tobytes()
+    f.close()
+    hs.close()
+
+
+def test_refused_o_direct_falls_back_and_warns_once(tmp_path, monkeypatch, caplog) -> None:
+    shm = Path("/dev/shm")
+    d = Path(os.environ.get("OOCGNN_TMPFS", shm))
+    if not d.is_dir():
+        pytest.skip("no tmpfs")
+    p = d / f"oocgnn-test-{os.getpid()}.npy"
+    try:
+        ref = write_table(p, 300, 100, np.float32)
+        try:
+            os.close(os.open(p, os.O_RDONLY | os.O_DIRECT))
+            refused = False
+        except OSError:
+            refused = True
+        if not refused:  # tmpfs accepts O_DIRECT on this kernel: simulate a filesystem that does not
+            def refuse(path):
+                raise OSError(22, "Invalid argument", path)
+            monkeypatch.setattr(rowfile_mod, "_open_direct", refuse)
+        reset_fallback_warnings()
+        mm = np.load(p, mmap_mode="r")
+        with caplog.at_level(logging.WARNING, logger="oocgnn.io.rowfile"):
+            for _ in range(3):
+                f = rowfile_for(mm, "auto")
+                assert f.engine == "pread"
+                ids = np.array([5, 299, 0, 5])
+                out = np.empty((4, 100), np.float32)
+                gather_rows(f, ids, out)
+                assert out.tobytes() == ref[ids].tobytes()
+                f.close()
+        warnings = [r for r in caplog.records if "O_DIRECT refused" in r.getMessage()]
+        assert len(warnings) == 1 and str(p) in warnings[0].getMessage()
+        with pytest.raises(ConfigError, match="io-engine direct"):
+            rowfile_for(mm, "direct")
+    finally:
+        p.unlink(missing_ok=True)
+
+
+def test_refused_first_aligned_read_falls_back(tmp_path, monkeypatch, caplog) -> None:
+    ref = write_table(tmp_path / "t.npy", 50, 100, np.float32)
+    real = rowfile_mod.kernels.read_runs
+    calls = []
+
+    def einval_once(fd, buf, rp, rs, rl, n, first, step, end, err):
+        if not calls:
+            calls.append(1)
+            err[:] = (0, 22, 0, end)
+            return -1
+        return real(fd, buf, rp, rs, rl, n, first, step, end, err)
+
+    monkeypatch.setattr(rowfile_mod.kernels, "read_runs", einval_once)
+    reset_fallback_warnings()
+    with caplog.at_level(logging.WARNING, logger="oocgnn.io.rowfile"):
+        f = rowfile_for(np.load(tmp_path / "t.npy", mmap_mode="r"), "auto")
+    assert f.engine == "pread" and "O_DIRECT refused" in caplog.text
+    out = np.empty((2, 100), np.float32)
+    gather_rows(f, np.array([49, 3]), out)
+    assert out.tobytes() == ref[[49, 3]].tobytes()
+
+
+@pytest.mark.parametrize("engine", ["direct", "pread"])
+def test_truncated_file_gives_one_error_naming_it(tmp_path, engine) -> None:
+    p = tmp_path / "t.npy"
+    write_table(p, 1000, 100, np.float32)
+    f = rowfile_for(np.load(p, mmap_mode="r"), engine)
+    os.truncate(p, 128 + 500 * 400 + 10)  # after open: rows 500.. are gone
+    out = np.zeros((3, 100), np.float32)
+    gather_rows(f, np.array([0, 10, 400]), out)  # pages still whole
+    with pytest.raises(ReadError, match=f"short read of {p}") as err:
+        gather_rows(f, np.array([3, 700, 10]), out)
+    assert "\n" not in str(err.value)
+
+
+def test_id_past_the_end_gives_one_error_naming_the_file(tmp_path) -> None:
+    p = tmp_path / "t.npy"
+    write_table(p, 10, 100, np.float32)
+    f = rowfile_for(np.load(p, mmap_mode="r"), "auto")
+    with pytest.raises(ReadError, match=f"row 10 is outside {p}"):
+        gather_rows(f, np.array([0, 10]), np.empty((2, 100), np.float32))
+
+
+def test_eio_gives_one_error_naming_the_file() -> None:
+    """/proc/self/mem returns EIO for an unmapped address: a real EIO from pread."""
+    f = RowFile("/proc/self/mem", 0, 64, 1 << 20, "pread")
+    with pytest.raises(ReadError, match=r"reading /proc/self/mem failed at offset 0: .*\(EIO\)"):
+        gather_rows(f, np.array([1, 2]), np.empty((2, 64), np.uint8))
+
+
+def test_unknown_engine_is_a_config_error(tmp_path) -> None:
+    write_table(tmp_path / "t.npy", 4, 4, np.float32)
+    with pytest.raises(ConfigError, match="--io-engine 'fast'"):
+        RowFile(tmp_path / "t.npy", 128, 16, 4, "fast")

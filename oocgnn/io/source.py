@@ -8,11 +8,16 @@ gathered by ``index_select`` as before).
 """
 from __future__ import annotations
 
+import logging
 import mmap
+import threading
 
 import numpy as np
 
 from oocgnn.io.rowfile import RowFile
+
+log = logging.getLogger(__name__)
+_said_written = threading.Event()
 
 
 def file_region(array: np.ndarray) -> tuple[str, int] | None:
@@ -31,14 +36,26 @@ def file_region(array: np.ndarray) -> tuple[str, int] | None:
     return str(root.filename), int(root.offset) + (array.ctypes.data - root.ctypes.data)
 
 
-def rowfile_for(array: np.ndarray, engine: str, **kw) -> RowFile | None:
+def rowfile_for(array: np.ndarray, engine: str, written: bool = False, **kw) -> RowFile | None:
     """A :class:`RowFile` over the rows of memmap ``array``; None for RAM arrays or ``engine="mmap"``.
 
     ``mmap`` keeps the caller's own memmap path (which also handles RAM arrays), so
-    no second mapping is made.
+    no second mapping is made.  ``written``: the file is written through a shared
+    memmap while it is read (history tables).  Such files are read with buffered
+    ``pread`` whatever the engine: ``O_DIRECT`` reads racing those writes made this
+    machine's kernel (Linux 6.18, ext4) log "Direct I/O collision with buffered
+    writes" and fail later reads of the file with EIO (the error is recorded on the
+    mapping), while buffered reads share the memmap's page cache and are coherent by
+    construction.  A read after the writes is fine (``tests/test_gather.py``); the race
+    during training is not.
     """
     if engine == "mmap":
         return None
+    if written and engine in ("auto", "direct"):
+        if not _said_written.is_set():
+            _said_written.set()
+            log.info("history tables are read with buffered pread (O_DIRECT races their memmap writes)")
+        engine = "pread"
     region = file_region(array)
     if region is None:
         return None

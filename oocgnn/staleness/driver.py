@@ -75,7 +75,7 @@ def train_epoch(trainer: Any, control: StalenessControl,
     actions = control.plan_epoch(trainer)
     loader = BatchLoader(trainer.indptr, trainer.indices, trainer.features, trainer.histories,
                          list(range(len(trainer.histories))), trainer.pool, trainer.cfg.io.io_threads, trainer.cache,
-                         getattr(trainer, "hist_caches", None))
+                         getattr(trainer, "hist_caches", None), io_engine=trainer.cfg.io.io_engine)
     begin_epoch_caches(trainer, [a.ranges for a in actions])
     written0 = trainer.histories.bytes_written
     pf = trainer.prefetcher([a.ranges for a in actions], loader)

@@ -206,7 +206,7 @@ class Trainer:
         plan = self.plan(self.state.epoch)
         loader = BatchLoader(self.indptr, self.indices, self.features, self.histories,
                              list(range(len(self.histories))), self.pool, self.cfg.io.io_threads, self.cache,
-                             getattr(self, "hist_caches", None))
+                             getattr(self, "hist_caches", None), io_engine=self.cfg.io.io_engine)
         begin_epoch_caches(self, plan[self.state.position:])
         written0 = self.histories.bytes_written
         pf = self.prefetcher(plan[self.state.position:], loader)

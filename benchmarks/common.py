@@ -50,21 +50,24 @@ def disk_bandwidth(directory: Path, size_mb: int = 2048) -> dict[str, float]:
 
 
 def disk_random_read(directory: Path, size_mb: int = 4096, seconds: float = 5.0, threads: int = 16,
-                     block: int = 4096) -> dict[str, float]:
+                     block: int = 4096, path: Path | None = None) -> dict[str, float]:
     """Random ``block``-byte reads/s with ``threads`` in flight (O_DIRECT, so the page cache cannot help).
 
     The rate a halo gather would get from the disk alone; ``pread`` releases the GIL, so
-    Python threads keep ``threads`` requests queued.
+    Python threads keep ``threads`` requests queued (the queue depth).  ``path``: read
+    this existing file instead of writing a ``size_mb`` scratch file (kept afterwards).
     """
     import mmap
     import threading
 
-    path = directory / ".oocgnn_randtest"
+    scratch = path is None
+    path = directory / ".oocgnn_randtest" if scratch else Path(path)
     try:
-        subprocess.run(["dd", "if=/dev/zero", f"of={path}", "bs=1M", f"count={size_mb}", "oflag=direct",
-                        "conv=fsync"], capture_output=True, check=True)
+        if scratch:
+            subprocess.run(["dd", "if=/dev/zero", f"of={path}", "bs=1M", f"count={size_mb}", "oflag=direct",
+                            "conv=fsync"], capture_output=True, check=True)
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECT", 0))
-        blocks = size_mb * (1 << 20) // block
+        blocks = os.fstat(fd).st_size // block
         counts = [0] * threads
         deadline = time.perf_counter() + seconds
 
@@ -86,7 +89,8 @@ def disk_random_read(directory: Path, size_mb: int = 4096, seconds: float = 5.0,
         elapsed = time.perf_counter() - t0
         os.close(fd)
     finally:
-        path.unlink(missing_ok=True)
+        if scratch:
+            path.unlink(missing_ok=True)
     return {"rand_read_iops": sum(counts) / elapsed, "rand_read_block": block, "rand_read_threads": threads}
 
 

@@ -153,6 +153,8 @@ class RowFile:
         except OSError as exc:
             raise ReadError(f"cannot open {self.path} for reading: {exc.strerror}; check the path and "
                             f"its permissions") from exc
+        if hasattr(os, "posix_fadvise"):  # no read-ahead around each page: this descriptor reads at random
+            os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_RANDOM)
         return "pread"
 
     def _try_direct(self) -> str | None:

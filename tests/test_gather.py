@@ -34,16 +34,19 @@ def id_sets(n: int) -> dict[str, np.ndarray]:
     }
 
 
-@pytest.mark.parametrize("engine", ["direct", "pread", "mmap"])
+@pytest.mark.parametrize("engine", ["direct", "direct-threads", "pread", "mmap"])
 @pytest.mark.parametrize("width,dtype", SHAPES)
 def test_engine_equals_numpy_bitwise(tmp_path, engine, width, dtype) -> None:
     n = 700
     ref = write_table(tmp_path / "t.npy", n, width, dtype)
     mm = np.load(tmp_path / "t.npy", mmap_mode="r")
+    kind, _, transport = engine.partition("-")
     # small chunks and queue so chunk boundaries, threads and page-spanning rows are all exercised
-    with rowfile_for(mm, engine, queue_depth=8, chunk_pages=64) if engine != "mmap" else \
+    with rowfile_for(mm, kind, queue_depth=8, chunk_pages=64, transport=transport or "auto") if kind != "mmap" else \
             RowFile(mm.filename, mm.offset, width * np.dtype(dtype).itemsize, n, "mmap") as f:
-        assert f.engine == engine
+        assert f.engine == kind
+        if engine == "direct":
+            assert f.transport == ("aio" if rowfile_mod.AIO_AVAILABLE else "threads")
         for name, ids in id_sets(n).items():
             out = np.full((len(ids), width), 7, dtype=dtype)
             gather_rows(f, ids, out)
@@ -134,11 +137,12 @@ def test_refused_first_aligned_read_falls_back(tmp_path, monkeypatch, caplog) ->
     assert out.tobytes() == ref[[49, 3]].tobytes()
 
 
-@pytest.mark.parametrize("engine", ["direct", "pread"])
+@pytest.mark.parametrize("engine", ["direct", "direct-threads", "pread"])
 def test_truncated_file_gives_one_error_naming_it(tmp_path, engine) -> None:
     p = tmp_path / "t.npy"
     write_table(p, 1000, 100, np.float32)
-    f = rowfile_for(np.load(p, mmap_mode="r"), engine)
+    kind, _, transport = engine.partition("-")
+    f = rowfile_for(np.load(p, mmap_mode="r"), kind, transport=transport or "auto")
     os.truncate(p, 128 + 500 * 400 + 10)  # after open: rows 500.. are gone
     out = np.zeros((3, 100), np.float32)
     gather_rows(f, np.array([0, 10, 400]), out)  # pages still whole
@@ -234,3 +238,14 @@ def test_io_engine_flag_and_config() -> None:
     cli_train.add_parser(parser.add_subparsers())
     args = parser.parse_args(["train", "--data", "d", "--run-dir", "r", "--io-engine", "pread"])
     assert args.io_engine == "pread" and cli_train.FLAG_MAP["io_engine"] == ("io", "io_engine")
+
+
+def test_refused_aio_falls_back_to_threads(tmp_path, monkeypatch) -> None:
+    ref = write_table(tmp_path / "t.npy", 300, 100, np.float32)
+    f = rowfile_for(np.load(tmp_path / "t.npy", mmap_mode="r"), "direct", transport="aio")
+
+    monkeypatch.setattr(rowfile_mod.kernels, "aio_setup", lambda depth: -11)  # EAGAIN: aio-max-nr reached
+    ids = np.array([299, 0, 150, 0])
+    out = np.empty((4, 100), np.float32)
+    gather_rows(f, ids, out)
+    assert f.transport == "threads" and out.tobytes() == ref[ids].tobytes()

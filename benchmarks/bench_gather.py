@@ -11,10 +11,13 @@ then, with the page cache dropped before each method (``sync; echo 3 >
 - numpy memmap fancy index, 1 thread, default read-ahead;
 - memmap + ``MADV_RANDOM``, ``--memmap-threads`` threads (``torch.index_select``, the
   trainer's ``--io-engine mmap`` path);
-- the engine, ``direct`` (``O_DIRECT``) and ``pread`` (buffered, ``POSIX_FADV_RANDOM``),
-  ``--queue-depth`` reads in flight;
+- the engine: ``direct`` (``O_DIRECT``) through Linux AIO (its default) and through
+  ``--queue-depth`` threads in ``pread``, and ``pread`` (buffered, ``POSIX_FADV_RANDOM``,
+  threads), ``--queue-depth`` reads in flight;
 - and measures the device's 4 KiB random-read IOPS on the same file at
-  ``--queue-depth`` in flight (O_DIRECT, ``common.disk_random_read``).
+  ``--queue-depth`` in flight, O_DIRECT, twice: Linux AIO from one nogil loop
+  (``common.disk_random_read_aio``, the device figure the ratios use) and Python threads
+  in ``os.preadv`` (``common.disk_random_read``, CPU-bound on a loaded box).
 
 Reports rows/s, CPU seconds per row (user + sys of this process, all threads), peak
 RSS growth over the method (sampled every 10 ms) and the ratios the issue sets
@@ -38,7 +41,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import OUT_DIR, disk_random_read, drop_caches, machine  # noqa: E402
+from common import OUT_DIR, disk_random_read, disk_random_read_aio, drop_caches, machine  # noqa: E402
 
 ROW_BYTES = 256
 WORDS = ROW_BYTES // 8
@@ -183,8 +186,8 @@ def main() -> None:
         for f in futs:
             f.result()
 
-    def engine(kind: str):
-        return lambda: RowFile(path, 0, ROW_BYTES, nrows, kind, queue_depth=args.queue_depth)
+    def engine(kind: str, transport: str = "auto"):
+        return lambda: RowFile(path, 0, ROW_BYTES, nrows, kind, queue_depth=args.queue_depth, transport=transport)
 
     def eng(f, ids, out):
         f.gather(ids, out)
@@ -196,30 +199,40 @@ def main() -> None:
         results.append(run_method("memmap fancy index, 1 thread", mm_open(False), mm1, ids_list))
     results.append(run_method(f"memmap MADV_RANDOM, {args.memmap_threads} threads", mm_open(True), mm_threads,
                               ids_list))
-    results.append(run_method(f"engine direct, {args.queue_depth} in flight", engine("direct"), eng, ids_list))
-    results.append(run_method(f"engine pread, {args.queue_depth} in flight", engine("pread"), eng, ids_list))
+    qd = args.queue_depth
+    results.append(run_method(f"engine direct (AIO), {qd} in flight", engine("direct"), eng, ids_list))
+    results.append(run_method(f"engine direct (threads), {qd} in flight", engine("direct", "threads"), eng, ids_list))
+    results.append(run_method(f"engine pread (threads), {qd} in flight", engine("pread"), eng, ids_list))
     pool.shutdown()
 
     drop_caches()
+    dev = disk_random_read_aio(path, seconds=args.iops_seconds, depth=qd)
+    print(f"  {'device 4 KiB random reads, QD' + str(qd):34s} {dev['rand_read_iops']:>10,.0f} IOPS "
+          f"(O_DIRECT, AIO)  {dev['cpu_us_per_read']:.1f} us CPU/read")
+    drop_caches()
     c0 = os.times()
-    dev = disk_random_read(args.workdir, seconds=args.iops_seconds, threads=args.queue_depth, path=path)
+    dev_py = disk_random_read(args.workdir, seconds=args.iops_seconds, threads=qd, path=path)
     c1 = os.times()
-    dev["cpu_us_per_read"] = ((c1.user - c0.user) + (c1.system - c0.system)) / max(
-        dev["rand_read_iops"] * args.iops_seconds, 1) * 1e6
-    print(f"  {'device 4 KiB random reads, QD' + str(args.queue_depth):34s} {dev['rand_read_iops']:>10,.0f} IOPS "
-          f"(O_DIRECT, Python threads)")
+    dev_py["cpu_us_per_read"] = ((c1.user - c0.user) + (c1.system - c0.system)) / max(
+        dev_py["rand_read_iops"] * args.iops_seconds, 1) * 1e6
+    print(f"  {'device 4 KiB random reads, QD' + str(qd):34s} {dev_py['rand_read_iops']:>10,.0f} IOPS "
+          f"(O_DIRECT, Python threads)  {dev_py['cpu_us_per_read']:.1f} us CPU/read")
 
     by = {r["method"].split(",")[0]: r for r in results}
-    d, p = by["engine direct"], by["engine pread"]
+    d, dt_, p = by["engine direct (AIO)"], by["engine direct (threads)"], by["engine pread (threads)"]
     m16 = by["memmap MADV_RANDOM"]
     m1 = by.get("memmap fancy index")
     ratios = {
         "engine_direct_over_device_iops": d["rows_per_s"] / dev["rand_read_iops"],
+        "engine_direct_threads_over_device_iops": dt_["rows_per_s"] / dev["rand_read_iops"],
         "engine_pread_over_device_iops": p["rows_per_s"] / dev["rand_read_iops"],
+        "engine_direct_over_device_iops_python_threads_probe": d["rows_per_s"] / dev_py["rand_read_iops"],
         "engine_direct_over_memmap_1thread": d["rows_per_s"] / m1["rows_per_s"] if m1 else None,
         "engine_direct_over_memmap_random_threads": d["rows_per_s"] / m16["rows_per_s"],
         "cpu_per_row_direct_over_memmap_1thread": d["cpu_us_per_row"] / m1["cpu_us_per_row"] if m1 else None,
         "cpu_per_row_direct_over_memmap_random_threads": d["cpu_us_per_row"] / m16["cpu_us_per_row"],
+        "engine_direct_threads_over_memmap_1thread": dt_["rows_per_s"] / m1["rows_per_s"] if m1 else None,
+        "cpu_per_row_direct_threads_over_memmap_random_threads": dt_["cpu_us_per_row"] / m16["cpu_us_per_row"],
     }
     targets = {"engine_direct_over_device_iops": (">=", 0.8), "engine_direct_over_memmap_1thread": (">=", 4.0),
                "cpu_per_row_direct_over_memmap_1thread": ("<=", 1 / 3),
@@ -229,8 +242,10 @@ def main() -> None:
     for r in results:
         print(f"| {r['method']} | {r['rows_per_s']:,.0f} | {r['cpu_us_per_row']:.1f} us | "
               f"{r['peak_rss_growth_bytes'] / 1e6:,.0f} MB |")
-    print(f"| device: 4 KiB random reads, {args.queue_depth} in flight (O_DIRECT) | "
-          f"{dev['rand_read_iops']:,.0f} IOPS | {dev['cpu_us_per_read']:.1f} us (Python threads) | |")
+    print(f"| device: 4 KiB random reads, {qd} in flight (O_DIRECT, Linux AIO) | "
+          f"{dev['rand_read_iops']:,.0f} IOPS | {dev['cpu_us_per_read']:.1f} us | |")
+    print(f"| device: 4 KiB random reads, {qd} in flight (O_DIRECT, Python threads in os.preadv) | "
+          f"{dev_py['rand_read_iops']:,.0f} IOPS | {dev_py['cpu_us_per_read']:.1f} us | |")
     print("\n| ratio | value | target | status |\n|---|---|---|---|")
     status = {}
     for k, v in ratios.items():
@@ -244,7 +259,8 @@ def main() -> None:
     out = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "command": " ".join(sys.argv),
            "machine": machine(), "file": str(path), "rows": nrows, "row_bytes": ROW_BYTES,
            "batch": args.batch, "batches": args.batches, "queue_depth": args.queue_depth,
-           "load_avg": os.getloadavg(), "methods": results, "device": dev, "ratios": ratios,
+           "load_avg": os.getloadavg(), "methods": results, "device": dev, "device_python_threads": dev_py,
+           "ratios": ratios,
            "targets": {k: f"{op} {t:.3f}" for k, (op, t) in targets.items()}, "targets_met": status}
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     (OUT_DIR / "bench_gather.json").write_text(json.dumps(out, indent=2) + "\n")

@@ -222,6 +222,8 @@ class RowFile:
         """``out[i] = row ids[i]`` (raw bytes; ``out`` is C-contiguous, ``len(ids)`` rows of ``row_bytes``)."""
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         n = len(ids)
+        if not np.asarray(out).flags.c_contiguous:  # reshape would copy, and the rows would land in the copy
+            raise ValueError("gather_rows needs a C-contiguous out buffer")
         out8 = np.asarray(out).reshape(-1).view(np.uint8)
         if out8.nbytes < n * self.row_bytes:
             raise ValueError(f"out holds {out8.nbytes} bytes, {n} rows of {self.row_bytes} need {n * self.row_bytes}")

@@ -173,7 +173,7 @@ def main() -> None:
         return batches(nrows, args.batch, args.batches, seed=next(seeds))
 
     print(f"{nrows:,} rows of {ROW_BYTES} B ({nrows * ROW_BYTES / 1e9:.1f} GB); {args.batches} x {args.batch:,} "
-          f"sorted unique ids per method; page cache dropped before each method")
+          f"sorted unique ids per method; page cache dropped before each batch")
     results = []
 
     def mm_open(random: bool):

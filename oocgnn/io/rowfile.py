@@ -49,9 +49,10 @@ log = logging.getLogger(__name__)
 ENGINES = ("auto", "direct", "pread", "mmap")
 #: reads in flight: the virtio disk here reaches its 4 KiB random-read ceiling at ~64
 QUEUE_DEPTH = 64
-#: pages per chunk (32 MiB buffer): bounds memory whatever the batch size, and is large
-#: enough that the tail of a chunk (threads finishing unevenly) costs little
-CHUNK_PAGES = 8192
+#: pages per chunk (16 MiB buffer, charged by the memory plan): bounds memory whatever the
+#: batch size, and is large enough that the tail of a chunk (the last reads, when fewer
+#: than the queue depth are left) costs little: ~64 of >= 2,048 reads
+CHUNK_PAGES = 4096
 #: longest single read when pages are consecutive (dense or sequential ids)
 MAX_RUN_PAGES = 32
 #: the AIO kernel uses x86-64 syscall numbers; elsewhere direct reads use the threads
@@ -81,6 +82,12 @@ def _read_pool(workers: int) -> ThreadPoolExecutor:
         return _pool
 
 
+def buffer_bytes(rows: int, row_bytes: int, chunk_pages: int = CHUNK_PAGES) -> int:
+    """Bytes of the page buffer one gather of ``rows`` rows takes (the memory plan charges it)."""
+    span = (row_bytes + PAGE - 2) // PAGE + 1  # most pages one row touches
+    return min(max(rows, 1), max(1, chunk_pages // span)) * span * PAGE
+
+
 def aligned_empty(nbytes: int) -> np.ndarray:
     """A ``uint8`` buffer of ``nbytes`` whose address is a multiple of 4096 (``O_DIRECT``)."""
     raw = np.empty(nbytes + PAGE, dtype=np.uint8)
@@ -100,7 +107,7 @@ def _give_buffer(buf: np.ndarray) -> None:
     with _buf_lock:
         _free_buffers.append(buf)
         _free_buffers.sort(key=lambda b: b.nbytes)
-        del _free_buffers[:-2]  # keep the two largest: one per concurrent gather in practice
+        del _free_buffers[:-1]  # keep the largest: gathers run one at a time in training (the prefetch thread)
 
 
 def _warn_fallback(path: str, reason: str) -> None:
@@ -246,7 +253,7 @@ class RowFile:
         offs = sids * self.row_bytes + self.data_offset
         span = (self.row_bytes + PAGE - 2) // PAGE + 1  # most pages one row touches
         rows_per_chunk = max(1, self.chunk_pages // span)
-        cap = min(n, rows_per_chunk) * span
+        cap = buffer_bytes(n, self.row_bytes, self.chunk_pages) // PAGE
         buf = _take_buffer(cap * PAGE)
         try:
             pages, pos = np.empty(cap, np.int64), np.empty(min(n, rows_per_chunk), np.int64)

@@ -17,14 +17,16 @@ rows) opened for an engine:
 
 A gather sorts the rows by offset, walks them in chunks of at most ``chunk_pages``
 pages (bounded buffer whatever the batch), reads each chunk's distinct pages with
-``queue_depth`` threads each running the nogil kernel on a share of them (a thread
-in ``pread`` is one request in flight), then copies every row, possibly spanning
-two pages, to its place in ``out`` in the caller's order, duplicates included.
+``queue_depth`` requests in flight (AIO: one nogil loop; threads: ``queue_depth``
+threads each running the nogil ``pread`` kernel on a share of them), then copies
+every row, possibly spanning two pages, to its place in ``out`` in the caller's
+order, duplicates included.
 
-Coherence with writers: a table written through a shared writable memmap (history
-tables) is read correctly by ``direct``, because Linux writes back the dirty
+Coherence with writers: a table written through a shared writable memmap is read
+correctly by ``direct`` *after* the writes, because Linux writes back the dirty
 page-cache pages of a range before an ``O_DIRECT`` read of it (tested in
-``tests/test_gather.py``).
+``tests/test_gather.py``); reads *racing* such writes are not safe on Linux 6.18
+(see :func:`oocgnn.io.source.rowfile_for`), so history tables use ``pread``.
 """
 from __future__ import annotations
 

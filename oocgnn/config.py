@@ -80,6 +80,7 @@ class IOConfig:
     cache: str = "belady"
     cache_fraction: float = 0.25
     in_memory: bool = False
+    io_engine: str = "auto"  #: how random rows are read: auto (direct, else pread), direct, pread, mmap
 
     def __post_init__(self) -> None:
         _check(self.device == "cpu" or self.device.startswith("cuda"), f"--device {self.device!r}: use cpu or cuda[:N]")
@@ -89,6 +90,8 @@ class IOConfig:
         _check(self.staleness_bound >= 0, f"--staleness-bound must be >= 0, got {self.staleness_bound}")
         _check(self.cache in ("belady", "lru", "none"), f"--cache {self.cache!r}: use belady, lru or none")
         _check(0.0 <= self.cache_fraction < 1.0, f"--cache-fraction must be in [0, 1), got {self.cache_fraction}")
+        _check(self.io_engine in ("auto", "direct", "pread", "mmap"),
+               f"--io-engine {self.io_engine!r}: use auto, direct, pread or mmap")
         if self.memory_budget not in (None, "", "auto"):
             parse_size(self.memory_budget)
 

@@ -42,6 +42,10 @@ class RunDirError(OocgnnError, ValueError):
     """A run directory is missing pieces, corrupted, or was made with other options."""
 
 
+class ReadError(OocgnnError, OSError):
+    """A file could not be read back: an I/O error, or it is shorter than its header says."""
+
+
 class DiskFullError(OocgnnError, OSError):
     """The disk filled up while writing; what was complete before is intact."""
 

@@ -3,7 +3,10 @@
 The epoch plan is known before the epoch starts, so a coordinator thread builds
 batch ``t+1 .. t+k`` (CSR slices, feature rows of batch and halo, halo history
 rows) while the trainer computes batch ``t``.  Gathers are split over a pool of
-``io_threads`` threads because a memmap gather faults one page at a time.
+``io_threads`` threads because a memmap gather faults one page at a time; with
+``io_engine`` ``auto``/``direct``/``pread`` (the default is ``auto``) random rows of
+file-backed tables go through the row-gather engine (:mod:`oocgnn.io`) instead:
+sorted page reads, 64 in flight, nothing mapped.
 
 Buffers are preallocated once (first touch of new memory costs ~10x a refill) and
 sized from an upper bound on any batch (:func:`ring_rows_bound`).  On CUDA they are
@@ -34,6 +37,7 @@ import torch
 from oocgnn.batch import SubgraphBatch
 from oocgnn.batching import Ranges, SubgraphStructure, build_subgraph
 from oocgnn.history import HistorySet, HistoryTable
+from oocgnn.io import RowFile, rowfile_for
 from oocgnn.utils.mapped import check_window
 
 log = logging.getLogger(__name__)
@@ -113,27 +117,51 @@ class BatchLoader:
 
     ``x_source`` is the feature memmap (training, layer 0) or a history table
     (evaluation sweeps); ``hist_tables`` are the tables whose halo rows the model
-    pulls (training) or ``[]`` (evaluation).
+    pulls (training) or ``[]`` (evaluation).  ``io_engine`` chooses how random rows
+    of file-backed sources are read (``--io-engine``; RAM arrays are always indexed).
     """
 
     def __init__(self, indptr: np.ndarray, indices: np.ndarray, x_source: np.ndarray | HistoryTable,
                  histories: HistorySet | None, hist_tables: list[int], pool: ThreadPoolExecutor | None,
-                 io_threads: int = 1, cache: object | None = None, hist_caches: list | None = None) -> None:
+                 io_threads: int = 1, cache: object | None = None, hist_caches: list | None = None,
+                 io_engine: str = "auto") -> None:
         self.indptr, self.indices = indptr, indices
         #: per-table HistoryCache (or None), indexed by table; only for loaders whose plan the caches know
         self.hist_caches = hist_caches
         self.histories, self.hist_tables = histories, hist_tables
         self.pool, self.io_threads, self.cache = pool, max(1, io_threads), cache
         if isinstance(x_source, HistoryTable):
-            self.x_t, self.x_row_bytes = x_source._t, x_source.row_bytes
+            self.x_t, self.x_row_bytes, x_array = x_source._t, x_source.row_bytes, x_source.array
         else:
-            self.x_t, self.x_row_bytes = as_tensor(x_source), x_source.shape[1] * x_source.dtype.itemsize
+            self.x_t, self.x_row_bytes, x_array = as_tensor(x_source), x_source.shape[1] * x_source.dtype.itemsize, x_source
         self.width = self.x_t.shape[1]
+        #: id(source tensor) -> (tensor, its RowFile): _gather keeps its (src, ids, out) signature
+        self._files: dict[int, tuple[torch.Tensor, RowFile]] = {}
+        self._open_file(self.x_t, x_array, io_engine, isinstance(x_source, HistoryTable))
+        for t in hist_tables:
+            table = histories.tables[t]
+            self._open_file(table._t, table.array, io_engine, True)
+
+    def _open_file(self, src: torch.Tensor, array: np.ndarray, engine: str, written: bool) -> None:
+        rf = rowfile_for(array, engine, written=written)  # history tables: written through a memmap
+        if rf is not None:
+            self._files[id(src)] = (src, rf)
+
+    def close(self) -> None:
+        """Close the engine's file descriptors (also done when the loader is collected)."""
+        for _, rf in self._files.values():
+            rf.close()
+        self._files.clear()
 
     def _gather(self, src: torch.Tensor, ids: np.ndarray, out: torch.Tensor) -> None:
-        """``out[:] = src[ids]`` split into chunks over the I/O pool (float32 out)."""
+        """``out[:] = src[ids]`` (float32 out): through the row-gather engine for file-backed
+        sources, else split into chunks over the I/O pool."""
         n = len(ids)
         if n == 0:
+            return
+        entry = self._files.get(id(src))
+        if entry is not None and entry[0] is src:
+            self._gather_engine(entry[1], src, ids, out)
             return
         idx = torch.from_numpy(ids)
 
@@ -154,6 +182,16 @@ class BatchLoader:
         futs = [self.pool.submit(run, a, b) for a, b in spans]
         for f in futs:
             f.result()
+
+    @staticmethod
+    def _gather_engine(rf: RowFile, src: torch.Tensor, ids: np.ndarray, out: torch.Tensor) -> None:
+        """Engine gather: straight into ``out`` when dtypes match, else via a source-dtype buffer."""
+        if src.dtype == out.dtype and out.is_contiguous():
+            rf.gather(ids, out.numpy())
+        else:
+            tmp = torch.empty(len(ids), src.shape[1], dtype=src.dtype)
+            rf.gather(ids, tmp.numpy())
+            out.copy_(tmp)
 
     def load(self, ranges: Ranges, slot: Slot) -> Prepared:
         sub = build_subgraph(self.indptr, self.indices, ranges)

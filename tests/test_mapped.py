@@ -105,7 +105,8 @@ def test_halo_gather_keeps_the_window_between_chunks(tmp_path, monkeypatch) -> N
     del w
     feats = register_mapped(np.load(path, mmap_mode="r"))
     advise_random(feats)  # as the trainer does
-    loader = BatchLoader(np.zeros(2, np.int64), np.zeros(0, np.int32), feats, None, [], None, io_threads=1)
+    loader = BatchLoader(np.zeros(2, np.int64), np.zeros(0, np.int32), feats, None, [], None, io_threads=1,
+                         io_engine="mmap")
     rng = np.random.default_rng(0)
     ids = rng.permutation(feats.shape[0])[: 8 * chunk_rows]
     out = torch.empty(len(ids), feats.shape[1])

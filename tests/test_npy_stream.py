@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from oocgnn.errors import InputError, InputNotFoundError
-from oocgnn.io.npy_stream import (iter_edge_blocks, iter_flat_blocks, iter_row_blocks, open_npz_member,
+from oocgnn.prepare.readers.npy_stream import (iter_edge_blocks, iter_flat_blocks, iter_row_blocks, open_npz_member,
                                   read_npy_info, read_small_array, spill_to_raw)
 
 RNG = np.random.default_rng(0)

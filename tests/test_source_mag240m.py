@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from oocgnn.errors import InputError, InputNotFoundError
-from oocgnn.io.torch_zip import load_torch_pickle
+from oocgnn.prepare.readers.torch_zip import load_torch_pickle
 from oocgnn.prepare.sources.mag240m import MAG240MSource
 from oocgnn.testing.ogb_fixtures import make_mag240m_fixture
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from oocgnn.errors import InputError, InputNotFoundError
-from oocgnn.io.torch_zip import load_torch_pickle
+from oocgnn.prepare.readers.torch_zip import load_torch_pickle
 
 
 def _assert_same(a, b):

@@ -38,6 +38,7 @@ FLAG_MAP = {
     "memory_budget": ("io", "memory_budget"), "history_dtype": ("io", "history_dtype"),
     "staleness_bound": ("io", "staleness_bound"), "cache": ("io", "cache"), "cache_fraction": ("io", "cache_fraction"),
     "in_memory": ("io", "in_memory"),
+    "io_engine": ("io", "io_engine"),
     "eval_refresh": ("eval", "eval_refresh"), "eval_every": ("eval", "eval_every"),
     "method": ("staleness", "method"), "refresh_per_step": ("staleness", "refresh_per_step"),
     "rest_loop": ("staleness", "rest_loop"), "rest_is_uniform": ("staleness", "rest_is_uniform"),
@@ -101,6 +102,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--cache-fraction", type=float, help="share of the memory budget for the row cache (default 0.25)")
     g.add_argument("--in-memory", action=argparse.BooleanOptionalAction, default=None,
                    help="load features and keep histories in RAM (baseline for benchmarks; default off)")
+    g.add_argument("--io-engine", choices=("auto", "direct", "pread", "mmap"),
+                   help="how random feature/history rows are read (default auto: O_DIRECT, else buffered pread)")
     g = p.add_argument_group("checkpoints and resume (re-running the same command resumes)")
     g.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
                    help="also checkpoint every N optimizer steps (default 0: only epoch ends and the time interval)")

@@ -1,32 +1,13 @@
-"""Low-level readers for foreign on-disk formats (``.npy``/``.npz`` members, torch zips).
+"""The row-gather engine: how bytes move between disk and staging buffers.
 
-Everything here streams: no function loads a whole large array into RAM, and every
-malformed input surfaces as an :class:`oocgnn.errors.InputError` naming the file.
+Every random row read of training and inference (feature rows, halo history rows,
+cache misses) goes through :func:`gather_rows` on a :class:`RowFile`, with the engine
+chosen by ``--io-engine {auto,direct,pread,mmap}`` (see :mod:`oocgnn.io.rowfile`).
+:func:`rowfile_for` finds the file behind a numpy memmap so callers keep passing the
+arrays they already have.
 """
-from oocgnn.io.npy_stream import (
-    NpyMemberInfo,
-    NpyStream,
-    iter_edge_blocks,
-    iter_flat_blocks,
-    iter_row_blocks,
-    open_npy_memmap,
-    open_npz_member,
-    read_npy_info,
-    read_small_array,
-    spill_to_raw,
-)
-from oocgnn.io.torch_zip import load_torch_pickle
+from oocgnn.io.rowfile import ENGINES, RowFile, aligned_empty, gather_rows, reset_fallback_warnings
+from oocgnn.io.source import file_region, rowfile_for
 
-__all__ = [
-    "NpyMemberInfo",
-    "NpyStream",
-    "iter_edge_blocks",
-    "iter_flat_blocks",
-    "iter_row_blocks",
-    "load_torch_pickle",
-    "open_npy_memmap",
-    "open_npz_member",
-    "read_npy_info",
-    "read_small_array",
-    "spill_to_raw",
-]
+__all__ = ["ENGINES", "RowFile", "aligned_empty", "file_region", "gather_rows", "reset_fallback_warnings",
+           "rowfile_for"]

@@ -14,6 +14,7 @@ from the process baseline measured when the trainer is built::
   + activations of one step          autograd state of forward + backward
   + write-behind pushes              up to ``max_pending + 1`` batches of pushed rows
   + runtime reserve                  torch/OpenMP/malloc-arena overhead of the threads
+  + row-gather engine buffer         the aligned page buffer of oocgnn.io (not with --io-engine mmap)
   + row caches + Belady lists        whatever is left, times --cache-fraction
                                    (features + history tables, equal rows each)
 
@@ -61,6 +62,18 @@ MAPPED_WINDOW_FRACTION = 0.08
 MAPPED_WINDOW_MIN, MAPPED_WINDOW_MAX = 32 << 20, 1 << 30
 
 
+def engine_bytes(trainer: Any) -> int:
+    """The page buffer the row-gather engine keeps (gathers run on the prefetch thread, one at a time)."""
+    io = trainer.cfg.io
+    if io.in_memory or io.io_engine == "mmap":
+        return 0
+    from oocgnn.io.rowfile import buffer_bytes
+
+    row_bytes = max([trainer.ds.num_features * trainer.features.dtype.itemsize,
+                     *(t.row_bytes for t in trainer.histories.tables)])
+    return buffer_bytes(trainer.max_halo, row_bytes)
+
+
 def mapped_window(budget: int) -> int:
     """RSS share of memmapped file pages: released past half of it, the other half is room for gathers in flight."""
     return int(min(MAPPED_WINDOW_MAX, max(MAPPED_WINDOW_MIN, budget * MAPPED_WINDOW_FRACTION)))
@@ -89,7 +102,7 @@ def plan_memory(trainer: Any, halo_sizes: np.ndarray, per_slot: int) -> dict[str
     batch_rows = int(sizes[: max(1, cfg.train.parts_per_batch)].sum())
     hs = trainer.histories
     push = sum(t.channels * t.array.dtype.itemsize for t in hs.tables) * batch_rows + 16 * batch_rows
-    pushes = (hs._max_pending + 1) * push + RUNTIME_RESERVE
+    pushes = (hs._max_pending + 1) * push + RUNTIME_RESERVE + engine_bytes(trainer)
 
     def need(depth: int) -> int:
         return (depth + 1) * (per_slot + kept) + build + act + pushes

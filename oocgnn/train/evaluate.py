@@ -64,7 +64,8 @@ def layerwise_inference(trainer: Any, refresh: bool = True, logits_out: torch.Te
         bar.set_postfix(layer=layer)
         from_features = layer == 0 or feat_every
         src = trainer.features if from_features else target.tables[layer - 1]
-        loader = BatchLoader(trainer.indptr, trainer.indices, src, None, [], trainer.pool, trainer.cfg.io.io_threads)
+        loader = BatchLoader(trainer.indptr, trainer.indices, src, None, [], trainer.pool, trainer.cfg.io.io_threads,
+                             io_engine=trainer.cfg.io.io_engine)
         for batch in trainer.prefetcher(plan, loader):
             x_all = batch.x
             if layer > 0 and feat_every:

@@ -263,7 +263,7 @@ class Trainer:
         actions = self.policy.plan_epoch(self)
         loader = BatchLoader(self.indptr, self.indices, self.features, self.histories,
                              list(range(len(self.histories))), self.pool, self.cfg.io.io_threads, self.cache,
-                             self.hist_caches)
+                             self.hist_caches, io_engine=self.cfg.io.io_engine)
         begin_epoch_caches(self, [a.ranges for a in actions])
         written0 = self.histories.bytes_written
         pf = self.prefetcher([a.ranges for a in actions], loader)

@@ -16,7 +16,7 @@ column strips of the whole paper table.  Here :meth:`MAG240MSource.prepare_scrat
 walks the edge list once per window of R target rows (R * F * 4 bytes within
 ``memory_bytes``); edges sorted by target (as OGB ships ``writes``) make that a
 single pass overall, since each window finds its edge range by binary search.
-``meta.pt``/``split_dict.pt`` are read by :mod:`oocgnn.io.torch_zip`, never by a
+``meta.pt``/``split_dict.pt`` are read by :mod:`oocgnn.prepare.readers.torch_zip`, never by a
 full ``torch.load``.
 """
 from __future__ import annotations
@@ -30,9 +30,9 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from oocgnn.errors import InputError, InputNotFoundError
-from oocgnn.io.npy_stream import (NpyMemberInfo, iter_edge_blocks, iter_flat_blocks, open_npy_memmap,
+from oocgnn.prepare.readers.npy_stream import (NpyMemberInfo, iter_edge_blocks, iter_flat_blocks, open_npy_memmap,
                                   read_npy_info)
-from oocgnn.io.torch_zip import load_torch_pickle
+from oocgnn.prepare.readers.torch_zip import load_torch_pickle
 from oocgnn.prepare.source import SourceInfo
 from oocgnn.prepare.sources.ogbn_papers import (check_split_ids, float_labels_to_int,
                                                 resolve_dataset_dir)

@@ -2,7 +2,7 @@
 
 Why not OGB's loader: it decompresses every member of ``raw/data.npz`` at once
 (~84 GB) and then pickles it again (users report OOM at 256 GB).  Here each
-member is decompressed once, as a stream (:mod:`oocgnn.io.npy_stream`); only
+member is decompressed once, as a stream (:mod:`oocgnn.prepare.readers.npy_stream`); only
 labels ([N] int64, 0.9 GB at full scale) and split ids are held in RAM.
 
 Layout (ogb-formats.md section 1): ``raw/data.npz`` (edge_index, num_nodes_list,
@@ -23,9 +23,9 @@ from typing import Any, Iterator
 import numpy as np
 
 from oocgnn.errors import InputError, InputNotFoundError
-from oocgnn.io.npy_stream import (iter_edge_blocks, iter_flat_blocks, iter_row_blocks,
+from oocgnn.prepare.readers.npy_stream import (iter_edge_blocks, iter_flat_blocks, iter_row_blocks,
                                   read_npy_info, read_small_array, spill_to_raw)
-from oocgnn.io.torch_zip import load_torch_pickle
+from oocgnn.prepare.readers.torch_zip import load_torch_pickle
 from oocgnn.prepare.source import SourceInfo
 
 log = logging.getLogger(__name__)

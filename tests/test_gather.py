@@ -182,7 +182,7 @@ def store(tmp_path_factory):
 
 def _train(store, run_dir: Path, engine: str, history_dtype: str, monkeypatch) -> tuple:
     from oocgnn.train.config import IOConfig, ModelConfig, OptimConfig, RunConfig
-    from oocgnn.train.run import make_trainer
+    from oocgnn.runner import make_trainer
 
     used: dict[str, int] = {}
     real = RowFile.gather

@@ -21,8 +21,10 @@ last-push steps, 8 bytes per node each), again.  A table that does not fit is
 gathered batch by batch as before.
 
 ``--stream-inference on|off`` forces the choice (tests, benchmarks); ``auto`` decides
-per layer.  Sources already in RAM (``--in-memory``, tables without a run dir) are
-indexed directly and never copied.
+per layer.  Sources already in RAM (history tables without a run dir or with
+``--in-memory``) are indexed directly and never copied.  (``--in-memory`` features
+are ``np.ascontiguousarray`` of the store memmap, which is a view of the file, not a
+copy; they count as file-backed here.)
 """
 from __future__ import annotations
 

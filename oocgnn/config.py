@@ -81,6 +81,8 @@ class IOConfig:
     cache_fraction: float = 0.25
     in_memory: bool = False
     io_engine: str = "auto"  #: how random rows are read: auto (direct, else pread), direct, pread, mmap
+    #: inference sweeps load a layer's input table into RAM: auto (when it fits the budget), on, off
+    stream_inference: str = "auto"
 
     def __post_init__(self) -> None:
         _check(self.device == "cpu" or self.device.startswith("cuda"), f"--device {self.device!r}: use cpu or cuda[:N]")
@@ -92,6 +94,7 @@ class IOConfig:
         _check(0.0 <= self.cache_fraction < 1.0, f"--cache-fraction must be in [0, 1), got {self.cache_fraction}")
         _check(self.io_engine in ("auto", "direct", "pread", "mmap"),
                f"--io-engine {self.io_engine!r}: use auto, direct, pread or mmap")
+        _check(self.stream_inference in ("auto", "on", "off"), f"--stream-inference {self.stream_inference!r}: use auto, on or off")
         if self.memory_budget not in (None, "", "auto"):
             parse_size(self.memory_budget)
 

@@ -26,6 +26,7 @@ import torch
 
 from oocgnn.batching import Ranges, ranges_to_ids
 from oocgnn.errors import OocgnnError
+from oocgnn.store.npyfile import create_npy_memmap
 from oocgnn.utils.mapped import register_mapped
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,9 @@ DTYPES = {"float16": np.float16, "float32": np.float32}
 class HistoryTable:
     """One ``[N, H]`` table: ``pull(ids, out)`` gathers, ``push(ranges, values)`` writes.
 
-    ``path=None`` keeps the table in RAM (same code path otherwise).
+    ``path=None`` keeps the table in RAM (same code path otherwise).  A new file has its
+    data at byte 4096 (:func:`~oocgnn.store.npyfile.create_npy_memmap`); an existing
+    one is opened at whatever offset its header says (older runs: 128).
     """
 
     def __init__(self, num_nodes: int, channels: int, dtype: str = "float32", path: str | Path | None = None) -> None:
@@ -53,7 +56,7 @@ class HistoryTable:
                     raise ValueError(f"history table {self.path} has shape {arr.shape} {arr.dtype}, expected {shape} {dtype}")
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                arr = np.lib.format.open_memmap(self.path, mode="w+", dtype=npdt, shape=shape)
+                arr = create_npy_memmap(self.path, npdt, shape)  # data at 4 KiB: page-aligned rows
             self.array = register_mapped(arr)
         self._t = torch.from_numpy(np.asarray(self.array).view(self.array.dtype))
 

@@ -39,6 +39,7 @@ FLAG_MAP = {
     "staleness_bound": ("io", "staleness_bound"), "cache": ("io", "cache"), "cache_fraction": ("io", "cache_fraction"),
     "in_memory": ("io", "in_memory"),
     "io_engine": ("io", "io_engine"),
+    "stream_inference": ("io", "stream_inference"),
     "eval_refresh": ("eval", "eval_refresh"), "eval_every": ("eval", "eval_every"),
     "method": ("staleness", "method"), "refresh_per_step": ("staleness", "refresh_per_step"),
     "rest_loop": ("staleness", "rest_loop"), "rest_is_uniform": ("staleness", "rest_is_uniform"),
@@ -104,6 +105,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="load features and keep histories in RAM (baseline for benchmarks; default off)")
     g.add_argument("--io-engine", choices=("auto", "direct", "pread", "mmap"),
                    help="how random feature/history rows are read (default auto: O_DIRECT, else buffered pread)")
+    g.add_argument("--stream-inference", choices=("auto", "on", "off"),
+                   help="layer-wise inference loads each layer's input table (features, then history tables) into "
+                        "RAM with one sequential read instead of gathering halo rows from disk: auto when it fits "
+                        "the memory budget the plan leaves, on, off; results are identical (default auto)")
     g = p.add_argument_group("checkpoints and resume (re-running the same command resumes)")
     g.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
                    help="also checkpoint every N optimizer steps (default 0: only epoch ends and the time interval)")

@@ -20,6 +20,10 @@ random live beside them as raw ``.npy`` files so they can be memory-mapped
       .building.json            present while a build runs: the inputs' fingerprint
       .work/                    scratch of an unfinished build (stage outputs and markers)
 
+The three ``.npy`` files written since issue #12 have a 4096-byte header, so their data
+starts on a page (``O_DIRECT`` row reads); stores written before have numpy's 128-byte
+header and read the same (readers take the offset from the header, the schema is unchanged).
+
 The manifest holds: ``schema_version``, counts, dtypes, ``source``, ``options``,
 ``partition`` info (method, edge-cut fraction), ``checksums`` (crc32 per array).
 """

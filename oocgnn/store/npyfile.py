@@ -5,6 +5,15 @@ to copy a 13 GB array just to prepend a header.  So we reserve a fixed-size
 header, stream the data after it, and rewrite the header with the final shape
 (padded with spaces to the same length, which every ``.npy`` reader accepts).
 Files are written under a temporary name and renamed by :meth:`NpyWriter.close`.
+
+The header is :data:`DATA_ALIGN` (4096) bytes, so the data starts on a page: a row's
+4 KiB pages are the file's pages and ``O_DIRECT`` reads of the row-gather engine
+(:mod:`oocgnn.io`) start on the data instead of straddling the header.  ``np.load``
+reads such files as any other (a v1.0 header may be up to 65,535 bytes, and numpy's
+``max_header_size`` safety limit is 10,000).  Files written before this, with the
+128-byte header numpy itself writes, keep working: readers take the offset from the
+header.  :func:`create_npy_memmap` makes a new writable table with the same layout
+(history tables).
 """
 from __future__ import annotations
 
@@ -16,7 +25,9 @@ import numpy as np
 from oocgnn.errors import translate_os_error
 from oocgnn.store.checksum import Crc32
 
-_HEADER_LEN = 128  # bytes; fits any shape of up to 3 dims with 20-digit sizes
+#: bytes before the first data byte of files written from now on: one 4 KiB page
+DATA_ALIGN = 4096
+_HEADER_LEN = DATA_ALIGN  # any shape of up to 3 dims with 20-digit sizes fits in far less
 
 
 def npy_header(shape: tuple[int, ...], dtype: np.dtype, total_len: int = _HEADER_LEN) -> bytes:
@@ -78,3 +89,33 @@ class NpyWriter:
         if not self._f.closed:
             self._f.close()
         self.tmp.unlink(missing_ok=True)
+
+
+def create_npy_memmap(path: str | Path, dtype, shape: tuple[int, ...]) -> np.memmap:
+    """A new zero-filled ``.npy`` file opened as a writable memmap, data at byte :data:`DATA_ALIGN`.
+
+    Replaces ``np.lib.format.open_memmap(mode="w+")``, whose header is 128 bytes.
+    The file is sized with ``truncate`` (sparse: nothing is written but the header).
+    """
+    path = Path(path)
+    dtype = np.dtype(dtype)
+    shape = tuple(int(s) for s in shape)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    try:
+        with open(path, "wb") as f:
+            f.write(npy_header(shape, dtype))
+            f.truncate(_HEADER_LEN + nbytes)
+    except OSError as exc:
+        raise translate_os_error(exc, path, "writing") from exc
+    return np.load(path, mmap_mode="r+")
+
+
+def npy_data_offset(path: str | Path) -> int:
+    """Byte offset of the data in ``.npy`` file ``path`` (128 for numpy's own, 4096 for ours)."""
+    with open(path, "rb") as f:
+        major, _ = np.lib.format.read_magic(f)
+        if major == 1:
+            np.lib.format.read_array_header_1_0(f)
+        else:
+            np.lib.format.read_array_header_2_0(f)
+        return f.tell()

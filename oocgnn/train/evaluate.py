@@ -10,6 +10,12 @@ leaves every history fresh).  ``refresh=False`` sweeps into scratch tables
 ``RUN/histories/eval_*`` so the training histories, and their last-push steps,
 stay exactly as training left them.  Only predictions (``int64[N]``) are kept,
 never ``[N, C]`` logits.
+
+Each sweep's input table (features for ``l = 0``, table ``l-1`` after) is either
+loaded into RAM once and indexed there (streaming, when it fits the budget the
+memory plan leaves: :mod:`oocgnn.train.stream`) or gathered batch by batch from
+disk; ``--stream-inference`` forces one or the other, and results are bitwise the
+same.  The path each layer took is logged and kept in ``trainer.inference_paths``.
 """
 from __future__ import annotations
 
@@ -23,8 +29,9 @@ import torch
 from tqdm.auto import tqdm
 
 from oocgnn.batching import fixed_plan, group_ranges
-from oocgnn.history import HistorySet
+from oocgnn.history import HistorySet, HistoryTable
 from oocgnn.prefetch import BatchLoader
+from oocgnn.train.stream import stream_input
 from oocgnn.utils.atomic import atomic_output
 
 log = logging.getLogger(__name__)
@@ -41,16 +48,30 @@ def _scratch(trainer: Any) -> HistorySet:
     return hs
 
 
+def _pull(src: torch.Tensor, ids: np.ndarray, out: torch.Tensor) -> torch.Tensor:
+    """:meth:`HistoryTable.pull` on a tensor (an in-RAM copy of a table): the same ops, the same bytes."""
+    dst = out[: len(ids)]
+    idx = torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64))
+    if src.dtype == dst.dtype:
+        torch.index_select(src, 0, idx, out=dst)
+    else:
+        dst.copy_(src.index_select(0, idx))
+    return dst
+
+
 @torch.inference_mode()
-def layerwise_inference(trainer: Any, refresh: bool = True, logits_out: torch.Tensor | None = None) -> np.ndarray:
+def layerwise_inference(trainer: Any, refresh: bool = True, logits_out: torch.Tensor | None = None,
+                        stream: str | None = None) -> np.ndarray:
     """Predicted class of every node (store order) by layer-wise sweeps.
 
     ``logits_out`` ([N, C], small graphs and tests only) also receives the logits.
+    ``stream`` (auto/on/off) overrides ``--stream-inference`` for this call.
     """
     model = trainer.model
     model.eval()
     trainer.histories.flush()
     target = trainer.histories if refresh else _scratch(trainer)
+    mode = stream if stream is not None else getattr(trainer.cfg.io, "stream_inference", "auto")
     plan = [group_ranges(trainer.partition_ptr, g)
             for g in fixed_plan(len(trainer.partition_ptr) - 1, trainer.cfg.train.parts_per_batch)]
     preds = np.full(trainer.ds.num_nodes, -1, dtype=np.int64)
@@ -58,32 +79,47 @@ def layerwise_inference(trainer: Any, refresh: bool = True, logits_out: torch.Te
     feat_every = bool(getattr(model, "needs_features_every_layer", False))
     xbuf = None
     step = trainer.state.global_step
+    trainer.inference_paths = []
     # a sweep over a billion-edge store takes tens of minutes: show it (on a terminal only, like tqdm's default)
     bar = tqdm(total=num_layers * len(plan), desc="inference", unit="batch", disable=None, leave=False)
     for layer in range(num_layers):
         bar.set_postfix(layer=layer)
         from_features = layer == 0 or feat_every
-        src = trainer.features if from_features else target.tables[layer - 1]
+        prev: HistoryTable | None = target.tables[layer - 1] if layer > 0 else None
+        # the layer's input table: what its halo rows are read from (GCNII: table l-1, features only for batch rows)
+        name = "features" if prev is None else f"history table {layer - 1}"
+        ram, path = stream_input(trainer, trainer.features if prev is None else prev.array, mode, layer, name)
+        trainer.inference_paths.append(path)
+        if from_features:
+            src = ram if (ram is not None and prev is None) else trainer.features
+        else:
+            src = ram if ram is not None else prev
+        prev_t = torch.from_numpy(ram) if (ram is not None and prev is not None) else None
         loader = BatchLoader(trainer.indptr, trainer.indices, src, None, [], trainer.pool, trainer.cfg.io.io_threads,
                              io_engine=trainer.cfg.io.io_engine)
-        for batch in trainer.prefetcher(plan, loader):
-            x_all = batch.x
-            if layer > 0 and feat_every:
-                n = len(batch.n_id)
-                table = target.tables[layer - 1]
-                if xbuf is None or xbuf.shape[0] < n or xbuf.shape[1] != table.channels:
-                    xbuf = torch.empty(max(n, trainer.max_rows), table.channels)
-                x_all = table.pull(batch.n_id, xbuf).to(trainer.device)
-            out = model.forward_layer(layer, x_all, batch)
-            if layer < num_layers - 1:
-                target.push([out], step=step, ranges=batch.ranges, tables=[layer])
-            else:
-                rows = batch.n_id[: batch.batch_size]
-                preds[rows] = out.argmax(dim=-1).cpu().numpy()
-                if logits_out is not None:
-                    logits_out[torch.from_numpy(rows)] = out.cpu()
-            bar.update(1)
-        target.flush()
+        try:
+            for batch in trainer.prefetcher(plan, loader):
+                x_all = batch.x
+                if layer > 0 and feat_every:
+                    n = len(batch.n_id)
+                    if xbuf is None or xbuf.shape[0] < n or xbuf.shape[1] != prev.channels:
+                        xbuf = torch.empty(max(n, trainer.max_rows), prev.channels)
+                    x_all = (prev.pull(batch.n_id, xbuf) if prev_t is None else _pull(prev_t, batch.n_id, xbuf)
+                             ).to(trainer.device)
+                out = model.forward_layer(layer, x_all, batch)
+                if layer < num_layers - 1:
+                    target.push([out], step=step, ranges=batch.ranges, tables=[layer])
+                else:
+                    rows = batch.n_id[: batch.batch_size]
+                    preds[rows] = out.argmax(dim=-1).cpu().numpy()
+                    if logits_out is not None:
+                        logits_out[torch.from_numpy(rows)] = out.cpu()
+                bar.update(1)
+            target.flush()
+        finally:
+            loader.close()
+        # drop the RAM copy before the next layer loads its own (two never coexist)
+        del loader, src, prev_t, ram
     bar.close()
     return preds
 

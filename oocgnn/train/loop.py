@@ -153,6 +153,8 @@ class Trainer:
         self.hist_caches: list | None = None  # per-table history caches (same attach)
         self.last_stats = IOStats()
         self.last_grad_norm: float | None = None  #: gradient norm before clipping at the last step
+        #: per layer of the last layer-wise inference: "stream", "gather" or "ram" (oocgnn.train.stream)
+        self.inference_paths: list[str] = []
 
     # ------------------------------------------------------------ staging ring
     def _build_ring(self) -> None:

@@ -1,0 +1,147 @@
+"""Streaming layer-wise inference: load a layer's input table into RAM when the budget has room.
+
+A sweep of :func:`oocgnn.train.evaluate.layerwise_inference` reads, for every batch,
+its halo rows of the layer's input table (features for layer 0, history table
+``l-1`` after).  Over a sweep every row is read about (1 + mean halo / batch) times,
+at random: on the billion-edge store that is most of the 52-minute inference.  When
+the table fits in the memory the plan leaves free, one sequential read of the whole
+file (buffered ``pread`` in large chunks, at disk bandwidth) replaces all those
+random reads, and each batch's input rows are indexed from RAM.  The CSR is still
+read batch by batch (sequential ranges).  Values are the same bytes either way, so
+the results are bitwise identical (``tests/test_stream_inference.py``).
+
+How much room (:func:`stream_room`), conservatively: at most
+:data:`STREAM_MAX_SHARE` of ``--memory-budget``, and never more than the budget
+minus: the mapped-page window; the process's anonymous memory *now*, or the plan's
+baseline plus its persistent parts (staging ring, row caches, Belady stream) when
+those are not resident yet, whichever is larger; the plan's per-batch working set
+(subgraphs, activations, write-behind, runtime reserve, engine buffer) again; and
+what inference allocates beyond the plan (predictions and the scratch tables'
+last-push steps, 8 bytes per node each), again.  A table that does not fit is
+gathered batch by batch as before.
+
+``--stream-inference on|off`` forces the choice (tests, benchmarks); ``auto`` decides
+per layer.  Sources already in RAM (history tables without a run dir or with
+``--in-memory``) are indexed directly and never copied.  (``--in-memory`` features
+are ``np.ascontiguousarray`` of the store memmap, which is a view of the file, not a
+copy; they count as file-backed here.)
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from oocgnn.errors import ConfigError, ReadError
+from oocgnn.io import file_region
+from oocgnn.utils.memory import current_anon_rss, format_size
+
+log = logging.getLogger(__name__)
+
+MODES = ("auto", "on", "off")
+#: an in-RAM input table may take at most this share of --memory-budget
+STREAM_MAX_SHARE = 0.5
+#: bytes per sequential read while loading a table (large: one syscall per 64 MiB)
+READ_CHUNK_BYTES = 64 << 20
+
+
+def stream_room(trainer: Any) -> int:
+    """Bytes an in-RAM input table may take during inference without leaving the budget (see module doc)."""
+    plan = trainer.memory_plan
+    budget = int(trainer.budget)
+    baseline, ring = int(plan["baseline_anon_bytes"]), int(plan["staging_ring_bytes"])
+    # allocated once and kept: resident now once touched, else still to come
+    persistent = ring + int(plan.get("cache_bytes", 0)) + int(plan.get("belady_bytes", 0))
+    # allocated per batch and freed: subgraphs, activations, write-behind, runtime, engine buffer
+    transient = int(plan["planned_peak_anon_bytes"]) - baseline - ring
+    # what inference adds beyond the plan: predictions, and the scratch tables' last-push steps (8 B/row each);
+    # counted again in case the ring and caches are not touched yet (fill_histories before the first step)
+    extra = 8 * int(trainer.ds.num_nodes) * (1 + len(trainer.model.history_channels))
+    reserved = (int(plan["mapped_window_bytes"]) + transient + extra
+                + max(current_anon_rss(), baseline + persistent))
+    return max(0, min(int(budget * STREAM_MAX_SHARE), budget - reserved))
+
+
+def choose(trainer: Any, array: np.ndarray, mode: str) -> tuple[bool, str]:
+    """Whether to load file-backed ``array`` into RAM for a sweep, and why (for the log)."""
+    if mode not in MODES:
+        raise ConfigError(f"--stream-inference {mode!r}: use auto, on or off")
+    if file_region(array) is None:
+        return False, "already in RAM"
+    if mode == "off":
+        return False, "--stream-inference off"
+    room = stream_room(trainer)
+    if mode == "on":
+        if array.nbytes > room:
+            log.warning("--stream-inference on: loading %s into RAM although only %s of --memory-budget %s is free "
+                        "for it; the peak may exceed the budget", format_size(array.nbytes), format_size(room),
+                        format_size(trainer.budget))
+        return True, "--stream-inference on"
+    if array.nbytes <= room:
+        return True, f"fits the {format_size(room)} the memory plan leaves"
+    return False, f"more than the {format_size(room)} the memory plan leaves"
+
+
+def load_table(array: np.ndarray, chunk_bytes: int = READ_CHUNK_BYTES) -> np.ndarray:
+    """A RAM copy of the 2-D file memmap ``array`` (a view of one), read sequentially in chunks.
+
+    Buffered ``pread`` into the destination, never through the memmap: the memmaps
+    are advised ``MADV_RANDOM`` (a fault per page, no read-ahead), and nothing is
+    mapped, so RSS grows by the copy only.  Buffered reads share the page cache with
+    the writable memmaps of history tables, so rows pushed but not yet written back
+    are seen (callers flush the write-behind first).
+    """
+    region = file_region(array)
+    out = np.empty(array.shape, dtype=array.dtype)
+    if region is None:  # not a file: copy it (callers only pass memmaps)
+        np.copyto(out, array)
+        return out
+    path, offset = region
+    dst = out.reshape(-1).view(np.uint8)
+    total = dst.nbytes
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise ReadError(f"cannot open {path} for reading: {exc.strerror}; check the path and its permissions") from exc
+    try:
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(fd, offset, total, os.POSIX_FADV_SEQUENTIAL)
+        pos = 0
+        while pos < total:
+            want = min(chunk_bytes, total - pos)
+            try:
+                got = os.preadv(fd, [memoryview(dst[pos:pos + want])], offset + pos)
+            except OSError as exc:
+                raise ReadError(f"reading {path} failed at offset {offset + pos}: {exc.strerror}; check the disk "
+                                f"(dmesg) and restore the file") from exc
+            if got == 0:
+                raise ReadError(f"short read of {path}: {pos} of {total} bytes from offset {offset} (the file ends "
+                                f"before its {array.shape[0]} rows: truncated? restore or re-create it)")
+            pos += got
+    finally:
+        os.close(fd)
+    return out
+
+
+def stream_input(trainer: Any, array: np.ndarray, mode: str, layer: int, name: str) -> tuple[np.ndarray | None, str]:
+    """``(RAM copy of array or None, path)`` for sweep ``layer``; logs the path taken.
+
+    ``path`` is ``"stream"`` (loaded now), ``"gather"`` (batched gathers from the
+    file) or ``"ram"`` (the source already lives in RAM).
+    """
+    stream, why = choose(trainer, array, mode)
+    size = format_size(array.nbytes)
+    if not stream:
+        path = "ram" if why == "already in RAM" else "gather"
+        log.info("inference layer %d: %s (%s) %s (%s)", layer, name, size,
+                 "indexed in RAM" if path == "ram" else "batched gathers from disk", why)
+        return None, path
+    t0 = time.perf_counter()
+    ram = load_table(array)
+    dt = time.perf_counter() - t0
+    log.info("inference layer %d: %s (%s) streamed: loaded into RAM in %.1f s (%s/s), %s",
+             layer, name, size, dt, format_size(array.nbytes / max(dt, 1e-9)), why)
+    return ram, "stream"

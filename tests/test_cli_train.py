@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -72,3 +73,66 @@ def test_help_explains_every_flag(capsys) -> None:
                  "--device", "--io-threads", "--prefetch", "--memory-budget", "--eval-refresh", "--history-dtype",
                  "--staleness-bound"):
         assert flag in out
+
+
+# ---------------------------------------------------------------- requeue: re-running a finished run's command
+FINISHED_ARGV = ["--hidden", "8", "--epochs", "2", "--parts-per-batch", "2", "--io-threads", "2", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def finished(store, tmp_path_factory):
+    """One small finished run shared by the requeue tests (none of them may change it)."""
+    run = tmp_path_factory.mktemp("finished") / "run"
+    argv = ["train", "--data", str(store), "--run-dir", str(run), *FINISHED_ARGV]
+    assert main(argv) == 0
+    return run, argv
+
+
+def _snapshot(run) -> dict[str, tuple[int, bytes | None]]:
+    """Every path under ``run`` with its mtime and content (None for directories)."""
+    return {str(p.relative_to(run)): (p.stat().st_mtime_ns, None if p.is_dir() else p.read_bytes())
+            for p in sorted(run.rglob("*"))}
+
+
+@pytest.mark.parametrize("extra", [[], ["--io-threads", "1", "--prefetch", "0", "--stream-inference", "off"]],
+                         ids=["exact", "speed-only-change"])
+def test_requeued_finished_run_is_a_noop(finished, capsys, caplog, extra) -> None:
+    run, argv = finished
+    before = _snapshot(run)
+    caplog.clear()
+    caplog.set_level(logging.INFO)
+    assert main([*argv, *extra]) == 0
+    assert _snapshot(run) == before
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert len(lines) == 1, lines
+    assert "already holds this finished run (best valid" in lines[0] and "nothing to do" in lines[0]
+    assert capsys.readouterr().err.strip() == ""
+
+
+@pytest.mark.parametrize("extra,needles", [
+    (["--lr", "0.05"], ["train.lr: 0.01 -> 0.05", "--overwrite", "--run-dir"]),
+    (["--epochs", "3"], ["2 epochs", "asks for 3", "continuing a finished run is not supported", "--overwrite"]),
+    (["--epochs", "1"], ["train.epochs: 2 -> 1", "--overwrite"]),
+], ids=["lr", "more-epochs", "fewer-epochs"])
+def test_changed_command_on_finished_run_refuses_in_one_line(finished, capsys, extra, needles) -> None:
+    run, argv = finished
+    before = _snapshot(run)
+    capsys.readouterr()
+    assert main([*argv, *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, err
+    assert _snapshot(run) == before
+
+
+def test_finished_run_on_another_store_refuses(finished, tmp_path, capsys) -> None:
+    run, argv = finished
+    g = random_graph(num_nodes=500, num_edges=3000, num_features=8, num_classes=3, seed=4)
+    other = tmp_path / "other"
+    make_store(other, g["edge_index"], g["x"], g["y"], g["splits"], 6)
+    capsys.readouterr()
+    argv = [a if a != argv[2] else str(other) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "another dataset store" in err and "--overwrite" in err, err

@@ -69,6 +69,61 @@ def check_config(saved: dict[str, Any], new: dict[str, Any], defaults: dict[str,
                     "bitwise identical to an uninterrupted run")
 
 
+def check_same_finished_run(run_dir: Path, cfg: Any, store_checksum: str | None) -> dict[str, Any]:
+    """The summary of the finished run in ``run_dir`` if ``cfg`` would redo exactly that run, else one-line refusal.
+
+    Why: schedulers requeue jobs, so the exact command of a finished run is
+    re-run; that must be a no-op (exit 0), not an error, while a changed command
+    must still refuse to silently mix two experiments.  "Finished" means
+    ``summary.json`` and ``final/model.pt`` exist and the summary counts every
+    epoch the saved config asked for.  "Same" means the same store (the
+    checksum resume checks) and equal result-affecting options (the resume
+    comparison, :func:`config_differences`); the epoch count, speed-only for a
+    resume, is result-affecting here: more epochs would continue a finished
+    run, which is not supported (its final files are already written).
+    Reads only: nothing in ``run_dir`` is touched.
+    """
+    from oocgnn.train.config import RunConfig, load_config
+
+    hint = "pass --overwrite or choose another --run-dir"
+    try:
+        summary = read_json(run_dir / "summary.json")
+        saved = load_config(run_dir / "config.toml").to_dict()
+    except FileNotFoundError as exc:
+        raise RunDirError(f"{run_dir} holds a summary.json but {Path(exc.filename or '').name or 'a file'} is "
+                          f"missing, so it cannot be checked against this command; {hint}") from None
+    except (OSError, ValueError) as exc:
+        raise RunDirError(f"{run_dir} holds a run whose summary.json or config.toml is unreadable ({exc}); "
+                          f"{hint}") from None
+    done, asked = int(summary.get("epochs", -1)), int(saved["train"]["epochs"])
+    has_final = (run_dir / "final" / "model.pt").exists()
+    if done < asked or not has_final:
+        raise RunDirError(f"{run_dir} holds a summary.json but not a complete finished run ({done} of {asked} "
+                          f"epochs, final/model.pt {'present' if has_final else 'missing'}); {hint}")
+    # run.json is what resume checks; runs made with --no-checkpoints only have the summary's copy
+    manifest = run_dir / RUN_MANIFEST
+    try:
+        made_on = read_json(manifest)["store_checksum"] if manifest.exists() else summary.get("store_checksum")
+    except (OSError, ValueError, KeyError) as exc:
+        raise RunDirError(f"{manifest} is unreadable ({exc}); {hint}") from None
+    if made_on != store_checksum:
+        raise RunDirError(f"{run_dir} holds a finished run made on another dataset store (checksum {made_on}, "
+                          f"{cfg.data} has {store_checksum}); {hint}")
+    epochs = int(cfg.train.epochs)
+    if epochs > done:
+        raise RunDirError(f"{run_dir} holds a finished run of {done} epochs and this command asks for {epochs}: "
+                          f"continuing a finished run is not supported; start a new --run-dir or pass --overwrite")
+    new = cfg.to_dict()
+    diffs = config_differences(saved, new, RunConfig().to_dict())
+    if epochs != asked:
+        diffs = sorted([*diffs, f"train.epochs: {asked!r} -> {epochs!r}"])
+    if diffs:
+        more = f" and {len(diffs) - 1} more" if len(diffs) > 1 else ""
+        raise RunDirError(f"{run_dir} already holds a finished run made with other result-affecting options "
+                          f"({diffs[0]}{more}); {hint}")
+    return summary
+
+
 def write_manifest(run_dir: Path, store_checksum: str | None, extra: dict[str, Any] | None = None) -> None:
     from oocgnn import __version__
 

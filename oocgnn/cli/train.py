@@ -18,7 +18,6 @@ from typing import Any
 
 from tqdm import tqdm
 
-from oocgnn.errors import RunDirError
 from oocgnn.store.reader import open_dataset
 from oocgnn.train.config import RunConfig, load_toml, merge
 from oocgnn.utils.memory import current_rss, format_size
@@ -200,8 +199,15 @@ def run(args: argparse.Namespace) -> int:
     cfg = resolve_config(args)
     ds = open_dataset(args.data)
     run_dir: Path = args.run_dir
-    if run_dir.exists() and (run_dir / "summary.json").exists() and not args.overwrite:
-        raise RunDirError(f"{run_dir} already holds a finished run; pass --overwrite or choose another --run-dir")
+    if (run_dir / "summary.json").exists() and not args.overwrite:
+        # a scheduler requeueing a finished job re-runs its exact command: a no-op, not an error;
+        # a changed command raises a one-line RunDirError (exit 2)
+        from oocgnn.checkpoint.compat import check_same_finished_run
+
+        done = check_same_finished_run(run_dir, cfg, getattr(ds, "checksum", None))
+        log.info("%s already holds this finished run (best valid %.4f, test %.4f at epoch %d); nothing to do",
+                 run_dir, done["best_valid_acc"], done["test_acc_at_best_valid"], done["best_epoch"])
+        return 0
     if args.overwrite and run_dir.exists():
         import shutil
 

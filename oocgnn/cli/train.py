@@ -57,7 +57,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run-dir", required=True, type=Path, help="run directory (histories, metrics, summary, config)")
     p.add_argument("--config", type=Path,
                    help="TOML file with [model] [train] [io] [eval] [staleness] sections; flags override it")
-    p.add_argument("--overwrite", action="store_true", help="start over in a run dir that already holds a run")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in a run dir that already holds a run (without it, re-running the exact "
+                        "command of a finished run is a no-op that exits 0, and a changed command is refused)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the per-epoch progress bar")
     g = p.add_argument_group("model")
     g.add_argument("--model", choices=("gcn", "sage", "gat", "gcnii"), help="architecture (default gcn)")

@@ -157,14 +157,20 @@ class StalenessConfig:
             raise ConfigError("--method rest-is needs --rest-loop extra (interleave has no refresh queue to order)")
         if not 0.0 <= self.rest_is_uniform <= 1.0:
             raise ConfigError(f"--rest-is-uniform must be in [0, 1], got {self.rest_is_uniform}")
-        if self.visagnn_criterion not in ("grad", "persistence"):
-            raise ConfigError(f"--visagnn-criterion {self.visagnn_criterion!r}: choose grad or persistence")
-        if self.visagnn_augment not in ("none", "concat", "sum"):
-            raise ConfigError(f"--visagnn-augment {self.visagnn_augment!r}: choose none, concat or sum")
-        if self.visagnn_drop_threshold < 0:
-            raise ConfigError(f"--visagnn-drop-threshold must be >= 0, got {self.visagnn_drop_threshold}")
-        if self.stale_loss_weight < 0:
-            raise ConfigError(f"--stale-loss-weight must be >= 0, got {self.stale_loss_weight}")
+        check_visagnn_options(self.visagnn_criterion, self.visagnn_augment, self.visagnn_drop_threshold,
+                              self.stale_loss_weight)
+
+
+def check_visagnn_options(criterion: str, augment: str, drop_threshold: int, stale_loss_weight: float) -> None:
+    """One-line errors for VISAGNN's switches (the run config and :class:`VisaOptions` both check)."""
+    if criterion not in ("grad", "persistence"):
+        raise ConfigError(f"--visagnn-criterion {criterion!r}: choose grad or persistence")
+    if augment not in ("none", "concat", "sum"):
+        raise ConfigError(f"--visagnn-augment {augment!r}: choose none, concat or sum")
+    if drop_threshold < 0:
+        raise ConfigError(f"--visagnn-drop-threshold must be >= 0, got {drop_threshold}")
+    if stale_loss_weight < 0:
+        raise ConfigError(f"--stale-loss-weight must be >= 0, got {stale_loss_weight}")
 
 
 @dataclass

@@ -46,6 +46,7 @@ from torch import Tensor
 from torch_geometric.nn import GATConv, GCNConv, SAGEConv
 
 from oocgnn.batch import SubgraphBatch
+from oocgnn.config import check_visagnn_options
 from oocgnn.errors import ConfigError
 from oocgnn.history import HistoryTable
 from oocgnn.models import GAT, GCN, GCNII, SAGE, GASModel
@@ -65,14 +66,7 @@ class VisaOptions:
     stale_loss_weight: float = 0.3   #: lambda; 0 = off
 
     def __post_init__(self) -> None:
-        if self.criterion not in ("grad", "persistence"):
-            raise ConfigError(f"--visagnn-criterion {self.criterion!r}: choose grad or persistence")
-        if self.augment not in ("none", "concat", "sum"):
-            raise ConfigError(f"--visagnn-augment {self.augment!r}: choose none, concat or sum")
-        if self.drop_threshold < 0:
-            raise ConfigError(f"--visagnn-drop-threshold must be >= 0, got {self.drop_threshold}")
-        if self.stale_loss_weight < 0:
-            raise ConfigError(f"--stale-loss-weight must be >= 0, got {self.stale_loss_weight}")
+        check_visagnn_options(self.criterion, self.augment, self.drop_threshold, self.stale_loss_weight)
 
     @classmethod
     def all_off(cls) -> "VisaOptions":

@@ -178,17 +178,19 @@ def plot(summary: list[dict[str, Any]], out: Path) -> None:
     plt.close(fig)
 
 
-def merge(paths: list[Path], out: str) -> int:
+def merge(specs: list[str], out: str) -> int:
     """One table and plot from the rows of several sweeps (e.g. one per dataset or method)."""
     rows, commands = [], []
-    for path in paths:
-        data = json.loads(path.read_text())
-        rows += data["rows"]
+    for spec in specs:
+        path, _, keep = spec.partition(":")
+        data = json.loads(Path(path).read_text())
+        methods = set(keep.split(",")) if keep else None
+        rows += [r for r in data["rows"] if methods is None or r["method"] in methods]
         commands.append(data.get("command", ""))
     summary = summarise(rows)
     print(table(summary))
     OUT_DIR.mkdir(parents=True, exist_ok=True)
-    (OUT_DIR / f"{out}.json").write_text(json.dumps({"machine": machine(), "merged_from": [str(p) for p in paths],
+    (OUT_DIR / f"{out}.json").write_text(json.dumps({"machine": machine(), "merged_from": specs,
                                                      "commands": commands, "rows": rows, "summary": summary},
                                                     indent=1))
     plot(summary, OUT_DIR / f"{out}.png")
@@ -216,8 +218,9 @@ def main() -> int:
     p.add_argument("--hidden", type=int, default=None)
     p.add_argument("--dropout", type=float, default=None)
     p.add_argument("--normalize-features", action="store_true", default=None)
-    p.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
-                   help="run nothing: gather the rows of earlier sweeps' JSON files into one table and plot")
+    p.add_argument("--merge", nargs="+", metavar="JSON[:METHODS]",
+                   help="run nothing: gather the rows of earlier sweeps' JSON files into one table and plot; "
+                        "FILE:GAS,ceiling keeps only those methods of FILE")
     args = p.parse_args()
     if args.merge:
         return merge(args.merge, args.out)

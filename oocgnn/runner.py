@@ -8,7 +8,6 @@ CLI, checkpoint resume, benchmarks and tests all build trainers through here.
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +16,6 @@ import torch
 from oocgnn.config import RunConfig
 from oocgnn.staleness.control import StalenessControl
 from oocgnn.train.loop import Trainer
-
-log = logging.getLogger(__name__)
-
-#: from this many batches per epoch on, a GAS run is told about REST-IS (measured on Photo: at 10
-#: batches/epoch GAS lost 6 points to the full-batch model on average, REST-IS none)
-MANY_BATCHES = 5
 
 
 def make_policy(ds: Any, cfg: RunConfig, run_dir: Path | None) -> StalenessControl:
@@ -38,10 +31,6 @@ def make_trainer(ds: Any, cfg: RunConfig, run_dir: str | Path | None, caches: bo
     """Trainer with its policy, plus the hot-row caches when ``caches`` and the budget allow."""
     run_dir = Path(run_dir) if run_dir is not None else None
     trainer = Trainer(ds, cfg, run_dir, model=model, policy=make_policy(ds, cfg, run_dir))
-    if cfg.staleness.method == "gas" and trainer.batches_per_epoch >= MANY_BATCHES:
-        log.info("%d batches per epoch with plain GAS: --method rest-is (REST refreshes, importance order) "
-                 "guards against stale histories in this regime (benchmarks/RESULTS.md, issue #11)",
-                 trainer.batches_per_epoch)
     if caches and cfg.io.cache != "none" and cfg.io.cache_fraction > 0:
         from oocgnn.cache import attach_feature_cache
 

@@ -157,11 +157,11 @@ def plot(summary: list[dict[str, Any]], out: Path) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
     for ax, key in zip(axes[0], panels):
         rows = [s for s in summary if (s["dataset"], s["model"], s["layers"]) == key]
-        for meth in METHODS:
+        for i, meth in enumerate(METHODS):  # one colour per method in every panel
             pts = sorted((s["batches"], s["test_mean"], s["test_std"]) for s in rows if s["method"] == meth)
             if pts:
                 b, m, e = zip(*pts)
-                ax.errorbar(b, m, yerr=e, marker="o", capsize=3, label=meth)
+                ax.errorbar(b, m, yerr=e, marker="o", capsize=3, label=meth, color=f"C{i}")
         for s in rows:
             if s["method"] == "ceiling":
                 ax.axhline(s["test_mean"], linestyle="--", color="black", label="full-batch ceiling")

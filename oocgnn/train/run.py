@@ -57,7 +57,7 @@ def fit(trainer: Trainer, progress: ProgressFactory | None = None, session: Any 
     with PeakRSSMonitor() as rss:
         while trainer.state.epoch < cfg.train.epochs:
             epoch = trainer.state.epoch
-            total = trainer.epoch_length(epoch) if hasattr(trainer, "epoch_length") else len(trainer.plan(epoch))
+            total = trainer.epoch_length(epoch)
             cb, close = progress(epoch, total) if progress else (None, lambda: None)
             if session is not None:
                 cb = _with_step_hook(cb, session, trainer)

@@ -62,9 +62,13 @@ class ArraySource:
 
 def make_store(path: str | Path, edge_index: np.ndarray, x: np.ndarray, y: np.ndarray, splits: dict[str, np.ndarray],
                num_partitions: int, *, partitioner: str = "metis", undirected: bool = True,
-               feature_dtype: str = "float32", memory_budget: int = 1 << 30, num_classes: int | None = None,
+               feature_dtype: str = "float32", memory_budget: int = 4 << 30, num_classes: int | None = None,
                evaluator: str | None = None) -> Dataset:
-    """Write a real store at ``path`` from arrays and open it."""
+    """Write a real store at ``path`` from arrays and open it.
+
+    ``memory_budget`` defaults to 4 GiB: prepare refuses a budget the calling process
+    already fills, and a whole test session's process grows past 1 GiB.
+    """
     source = ArraySource(edge_index, x, y, splits, num_classes=num_classes, evaluator=evaluator)
     opts = PrepareOptions(undirected=undirected, partitions=num_partitions, partitioner=partitioner,
                           feature_dtype=feature_dtype)

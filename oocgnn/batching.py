@@ -49,6 +49,55 @@ def epoch_plan(num_partitions: int, parts_per_batch: int, seed: int, epoch: int)
     return [np.sort(order[i:i + parts_per_batch]) for i in range(0, num_partitions, parts_per_batch)]
 
 
+def partition_owner(num_partitions: int, world_size: int) -> np.ndarray:
+    """Rank owning each partition: contiguous blocks of partition ids, as equal in count as possible.
+
+    Contiguous because a partition-ordered store makes a block of partitions one id
+    range, so a rank's rows are one range of every table (the cross-host exchange
+    sends only rows of its own block).
+    """
+    return (np.arange(num_partitions, dtype=np.int64) * world_size // max(num_partitions, 1)).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class RankSplit:
+    """How an epoch's batches are shared among ``world_size`` ranks (one per rank per step).
+
+    ``by_owner=False`` (ranks sharing history files): rank ``r`` trains groups
+    ``r, r+W, r+2W, ...`` of the one seeded epoch plan, so the W ranks together train
+    exactly the single-process plan, W batches per step.  ``by_owner=True`` (each rank
+    owns its partitions' history rows, the cross-host path): rank ``r`` shuffles only the
+    partitions it owns (:func:`partition_owner`), so it only ever pushes rows it owns.
+    Every rank runs :meth:`steps` steps per epoch; a rank with fewer groups idles (its
+    gradient counts zero) so the collectives of a step always involve every rank.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    by_owner: bool = False
+
+    def owned(self, num_partitions: int) -> np.ndarray:
+        return np.flatnonzero(partition_owner(num_partitions, self.world_size) == self.rank)
+
+    def groups(self, num_partitions: int, parts_per_batch: int, seed: int, epoch: int) -> list[np.ndarray]:
+        """This rank's groups of ``epoch``, in training order (single process: the epoch plan)."""
+        if self.world_size == 1:
+            return epoch_plan(num_partitions, parts_per_batch, seed, epoch)
+        if not self.by_owner:
+            return epoch_plan(num_partitions, parts_per_batch, seed, epoch)[self.rank::self.world_size]
+        own = self.owned(num_partitions)
+        rng = np.random.default_rng((int(seed), int(epoch), self.rank))
+        order = own[rng.permutation(len(own))]
+        return [np.sort(order[i:i + parts_per_batch]) for i in range(0, len(order), parts_per_batch)]
+
+    def steps(self, num_partitions: int, parts_per_batch: int) -> int:
+        """Optimizer steps per epoch, the same on every rank."""
+        if not self.by_owner or self.world_size == 1:
+            return -(-(-(-num_partitions // parts_per_batch)) // self.world_size)
+        counts = np.bincount(partition_owner(num_partitions, self.world_size), minlength=self.world_size)
+        return int(max(-(-int(c) // parts_per_batch) for c in counts))
+
+
 def fixed_plan(num_partitions: int, parts_per_batch: int) -> list[np.ndarray]:
     """Unshuffled groups in id order (evaluation sweeps)."""
     parts = np.arange(num_partitions)

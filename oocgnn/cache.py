@@ -309,8 +309,12 @@ def attach_feature_cache(trainer: Any) -> None:
     row_bytes = width * trainer.features.dtype.itemsize
     hs = getattr(trainer, "histories", None)
     tables = [t for t in (hs.tables if hs is not None else [])]
-    # in-RAM tables (no run dir) gain nothing from a copy
-    hist_widths = [t.channels for t in tables] if tables and all(t.path is not None for t in tables) else []
+    # in-RAM tables (no run dir) gain nothing from a copy; tables other ranks write too (several ranks
+    # sharing history files) would leave a cached row as old as the cache keeps it, not a few steps
+    dist = getattr(trainer, "dist", None)
+    shared_writers = dist is not None and dist.shared_tables
+    hist_widths = ([t.channels for t in tables] if tables and all(t.path is not None for t in tables)
+                   and not shared_writers else [])
     plan = getattr(trainer, "memory_plan", None)
     if plan is None:  # trainers built without a memory plan (tests): the old rule
         capacity = min(int(max(0, trainer.budget - trainer.ring_bytes) * cfg.cache_fraction)

@@ -20,7 +20,7 @@ from oocgnn.utils.memory import parse_size
 METHODS: tuple[str, ...] = ("gas", "rest", "rest-is", "visagnn")
 #: ``--rest-loop`` choices (see :mod:`oocgnn.staleness.schedule`)
 REST_LOOPS: tuple[str, ...] = ("extra", "interleave")
-#: ``--lr-scaling`` choices (see :func:`oocgnn.train.loop.step_lr`)
+#: ``--lr-scaling`` choices (see :func:`oocgnn.train.optim.step_lr`)
 LR_SCALINGS: tuple[str, ...] = ("sqrt", "none")
 #: REST's refreshes per optimizer step when ``--method rest|rest-is`` names none (F = 1 would be plain GAS)
 REST_DEFAULT_F = 2.0

@@ -46,6 +46,12 @@ class ReadError(OocgnnError, OSError):
     """A file could not be read back: an I/O error, or it is shorter than its header says."""
 
 
+class PeerStopped(OocgnnError):
+    """Another rank of a distributed run stopped with an error it already reported (this rank stays quiet)."""
+
+    quiet = True
+
+
 class DiskFullError(OocgnnError, OSError):
     """The disk filled up while writing; what was complete before is intact."""
 

@@ -146,6 +146,9 @@ class HistorySet:
         self.journal = None
         #: per-table row caches (oocgnn.cache.HistoryCache or None), refreshed by every land
         self.caches: list = [None] * len(self.tables)
+        #: durable last-push steps that other ranks write too (several ranks sharing the tables; set by
+        #: the checkpoint session): ages then count other ranks' landed pushes, not only this rank's
+        self.landed_steps: list[np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.tables)
@@ -310,4 +313,6 @@ class HistorySet:
     def age(self, table: int, ids: np.ndarray, step: int) -> np.ndarray:
         """Steps since each row was last pushed (-1 = never written)."""
         last = self.last_step[table][ids]
+        if self.landed_steps is not None:
+            last = np.maximum(last, self.landed_steps[table][ids])
         return np.where(last < 0, -1, step - last)

@@ -15,22 +15,24 @@ import torch
 
 from oocgnn.config import RunConfig
 from oocgnn.staleness.control import StalenessControl
+from oocgnn.train.dist import SINGLE, DistContext, check_supported
 from oocgnn.train.loop import Trainer
 
 
-def make_policy(ds: Any, cfg: RunConfig, run_dir: Path | None) -> StalenessControl:
+def make_policy(ds: Any, cfg: RunConfig, run_dir: Path | None, dist: DistContext = SINGLE) -> StalenessControl:
     """The staleness policy of ``cfg.staleness`` for dataset ``ds`` (tables under ``run_dir``)."""
+    check_supported(cfg, dist.world_size)
     in_mem = cfg.io.in_memory or run_dir is None
     return StalenessControl(cfg.staleness, ds.num_nodes, ds.indptr, ds.indices, ds.partition_ptr,
                             cfg.train.parts_per_batch, cfg.train.seed, cfg.model.layers - 1, ds.num_classes,
-                            None if in_mem else Path(run_dir))
+                            None if in_mem else Path(run_dir), split=dist.split)
 
 
 def make_trainer(ds: Any, cfg: RunConfig, run_dir: str | Path | None, caches: bool = True,
-                 model: torch.nn.Module | None = None) -> Trainer:
+                 model: torch.nn.Module | None = None, dist: DistContext = SINGLE) -> Trainer:
     """Trainer with its policy, plus the hot-row caches when ``caches`` and the budget allow."""
     run_dir = Path(run_dir) if run_dir is not None else None
-    trainer = Trainer(ds, cfg, run_dir, model=model, policy=make_policy(ds, cfg, run_dir))
+    trainer = Trainer(ds, cfg, run_dir, model=model, policy=make_policy(ds, cfg, run_dir, dist), dist=dist)
     if caches and cfg.io.cache != "none" and cfg.io.cache_fraction > 0:
         from oocgnn.cache import attach_feature_cache
 

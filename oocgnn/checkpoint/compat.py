@@ -69,7 +69,8 @@ def check_config(saved: dict[str, Any], new: dict[str, Any], defaults: dict[str,
                     "bitwise identical to an uninterrupted run")
 
 
-def check_same_finished_run(run_dir: Path, cfg: Any, store_checksum: str | None) -> dict[str, Any]:
+def check_same_finished_run(run_dir: Path, cfg: Any, store_checksum: str | None,
+                            world_size: int = 1) -> dict[str, Any]:
     """The summary of the finished run in ``run_dir`` if ``cfg`` would redo exactly that run, else one-line refusal.
 
     Why: schedulers requeue jobs, so the exact command of a finished run is
@@ -117,6 +118,9 @@ def check_same_finished_run(run_dir: Path, cfg: Any, store_checksum: str | None)
     diffs = config_differences(saved, new, RunConfig().to_dict())
     if epochs != asked:
         diffs = sorted([*diffs, f"train.epochs: {asked!r} -> {epochs!r}"])
+    ranks = int(summary.get("world_size", 1))
+    if ranks != world_size:  # another number of ranks trains another sequence of batches
+        diffs = sorted([*diffs, f"ranks: {ranks} -> {world_size}"])
     if diffs:
         more = f" and {len(diffs) - 1} more" if len(diffs) > 1 else ""
         raise RunDirError(f"{run_dir} already holds a finished run made with other result-affecting options "

@@ -4,8 +4,9 @@ Why: "kill -9 during a checkpoint write" or "ENOSPC during a push" are windows o
 microseconds; polling from outside cannot hit them reliably.  A test sets
 ``OOCGNN_CRASH_AT=point:n`` (SIGKILL ourselves the n-th time ``point`` is
 reached) or ``OOCGNN_FAIL_AT=point:n`` (raise ENOSPC there) in the environment of
-a real ``oocgnn train`` subprocess.  Unset (always, outside tests) each call is
-one dict lookup.
+a real ``oocgnn train`` subprocess; with several ranks, ``OOCGNN_CRASH_RANK=r``
+limits the crash to rank ``r``.  Unset (always, outside tests) each call is one
+dict lookup.
 
 Points: ``push-journaled`` (journal record written, rows not yet landed),
 ``push-landed`` (rows landed, step array not yet), ``ckpt-files`` (checkpoint
@@ -30,6 +31,8 @@ def _parse(var: str) -> tuple[str, int] | None:
 
 
 _CRASH = _parse("OOCGNN_CRASH_AT")
+if _CRASH is not None and os.environ.get("OOCGNN_CRASH_RANK", os.environ.get("RANK")) != os.environ.get("RANK"):
+    _CRASH = None  # another rank's crash
 _FAIL = _parse("OOCGNN_FAIL_AT")
 
 

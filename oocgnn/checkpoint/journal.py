@@ -237,13 +237,18 @@ def read_segment(path: Path) -> list[tuple[int, np.ndarray, np.ndarray, bytes, i
     return out
 
 
-def rollback(directory: Path, tables: Sequence[Any], steps: Sequence[np.ndarray], to_seq: int) -> int:
+def rollback(directory: Path, tables: Sequence[Any], steps: Sequence[np.ndarray], to_seq: int,
+             only_seq: int | None = None, delete: bool = True) -> int:
     """Replay segments ``>= to_seq`` newest first, fsync, then drop them.
 
     Idempotent: a crash during rollback leaves the segments in place and the
-    next resume replays them again to the same result.
+    next resume replays them again to the same result.  ``only_seq`` replays just
+    that segment and ``delete=False`` keeps them: several ranks sharing tables
+    replay segment by segment in a global order, then drop theirs
+    (:func:`drop_segments`).
     """
-    segs = {s: p for s, p in list_segments(directory).items() if s >= to_seq}
+    segs = {s: p for s, p in list_segments(directory).items()
+            if s >= to_seq and (only_seq is None or s == only_seq)}
     restored = 0
     for seq in sorted(segs, reverse=True):
         for t, ids, old_steps, raw, ch, isz in read_segment(segs[seq]):
@@ -260,8 +265,15 @@ def rollback(directory: Path, tables: Sequence[Any], steps: Sequence[np.ndarray]
     for s in steps:
         if isinstance(s, np.memmap):
             s.flush()
+    if delete:
+        drop_segments(directory, to_seq)
+    return restored
+
+
+def drop_segments(directory: Path, from_seq: int) -> None:
+    """Delete the segments ``>= from_seq`` (after they were replayed)."""
+    segs = {s: p for s, p in list_segments(directory).items() if s >= from_seq}
     for seq in sorted(segs, reverse=True):
         segs[seq].unlink()
     if segs:
         fsync_dir(directory)
-    return restored

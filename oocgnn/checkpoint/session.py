@@ -15,6 +15,13 @@ Consistency protocol at a checkpoint (seq ``s``):
 
 On resume from checkpoint ``s``: replay segments ``>= s`` newest first (undo),
 load the trainer state, truncate ``metrics.jsonl`` to its length at ``s``.
+
+Several ranks (:mod:`oocgnn.train.dist`): rank 0 decides fresh start or resume and
+writes the checkpoint (model, optimizer, state, plus every rank's RNG states);
+each rank journals the history rows it writes (``histories/rank-R/`` for ranks > 0
+sharing rank 0's tables; its own table folder on the cross-host path).  Whether to
+checkpoint or stop is agreed by an all-reduce at every step, so all ranks save at
+the same step.  Resume needs the same number of ranks (the epoch plan is split by it).
 """
 from __future__ import annotations
 
@@ -34,7 +41,8 @@ from oocgnn.checkpoint import journal as jr
 from oocgnn.checkpoint.compat import check_config, check_manifest, setup_determinism, write_manifest
 from oocgnn.checkpoint.signals import Preempted, StopFlag
 from oocgnn.checkpoint.store import CheckpointInfo, CheckpointStore, load_state
-from oocgnn.errors import ConfigError, RunDirError
+from oocgnn.errors import ConfigError, OocgnnError, PeerStopped, RunDirError
+from oocgnn.train.dist import SINGLE, DistContext
 from oocgnn.utils.atomic import fsync_dir
 
 log = logging.getLogger(__name__)
@@ -70,8 +78,10 @@ def _journaled_tables(trainer: Any) -> list[Any]:
 
 
 def _history_layout(trainer: Any) -> list[dict[str, Any]]:
-    return [{"file": t.path.name if t.path is not None else None, "shape": list(t.array.shape),
-             "dtype": str(t.array.dtype)} for t in _journaled_tables(trainer)]
+    """Files (relative to ``RUN/histories``; ``rank-R/...`` on the cross-host path), shapes and dtypes."""
+    root = trainer.run_dir / HISTORIES if trainer.run_dir is not None else None
+    return [{"file": t.path.relative_to(root).as_posix() if t.path is not None else None,
+             "shape": list(t.array.shape), "dtype": str(t.array.dtype)} for t in _journaled_tables(trainer)]
 
 
 def check_history_files(run_dir: Path, layout: list[dict[str, Any]]) -> None:
@@ -98,11 +108,14 @@ def check_history_files(run_dir: Path, layout: list[dict[str, Any]]) -> None:
 class RunSession:
     """Checkpoints, journal, resume and signal handling of one ``train`` invocation."""
 
-    def __init__(self, run_dir: str | Path, opts: CheckpointOptions | None = None) -> None:
+    def __init__(self, run_dir: str | Path, opts: CheckpointOptions | None = None, dist: DistContext = SINGLE) -> None:
         self.run_dir = Path(run_dir)
         self.opts = opts or CheckpointOptions()
+        self.dist = dist
         self.store = CheckpointStore(self.run_dir, self.opts.keep)
-        self.resume_from: CheckpointInfo | None = None
+        self.resume_from: CheckpointInfo | None = None  #: rank 0 only
+        self.resume_seq: int | None = None              #: every rank: the checkpoint resumed from
+        self._stop_all = False                          #: some rank was asked to stop
         self.journal: jr.UndoJournal | None = None
         self.stop = StopFlag()
         self.seq = 0
@@ -114,8 +127,32 @@ class RunSession:
 
     # ------------------------------------------------------------ before the trainer
     def prepare(self, cfg: Any, ds: Any) -> CheckpointInfo | None:
-        """Pick resume vs fresh start and validate the run dir, before any file is opened."""
+        """Pick resume vs fresh start and validate the run dir, before any file is opened.
+
+        Several ranks: rank 0 decides (and cleans a fresh start) while the others wait,
+        then tells them which checkpoint to resume, or that it failed.
+        """
         self._prev_deterministic = setup_determinism(self.opts.deterministic, cfg.io.staleness_bound)
+        d = self.dist
+        if not d.active:
+            info = self._prepare_main(cfg, ds)
+        elif d.is_main:
+            try:
+                info = self._prepare_main(cfg, ds)
+            except OocgnnError as exc:
+                d.broadcast_object(("error", str(exc)))
+                raise
+            d.broadcast_object(("ok", None if info is None else info.seq))
+        else:
+            status, value = d.broadcast_object(None)
+            if status == "error":
+                raise PeerStopped(f"rank 0 stopped: {value}")
+            self.resume_seq = value
+            return None
+        self.resume_seq = None if info is None else info.seq
+        return info
+
+    def _prepare_main(self, cfg: Any, ds: Any) -> CheckpointInfo | None:
         if not self.opts.enabled:
             if self.store.directories():
                 raise RunDirError(f"{self.run_dir} holds checkpoints of a run; resume it without --no-checkpoints, "
@@ -138,6 +175,15 @@ class RunSession:
             write_manifest(self.run_dir, getattr(ds, "checksum", None))
             return None
         check_manifest(self.run_dir, getattr(ds, "checksum", None), cfg.data)
+        ranks = int(info.meta.get("world_size", 1))
+        if ranks != self.dist.world_size:
+            raise RunDirError(f"{self.run_dir} was trained with {ranks} rank(s) and this command runs "
+                              f"{self.dist.world_size}: resume with the same number of ranks (--nproc-per-node / "
+                              f"torchrun), or start over with --overwrite")
+        mode = info.meta.get("halo_exchange")
+        if self.dist.active and mode != self.dist.exchange:
+            raise RunDirError(f"{self.run_dir} was trained with --halo-exchange {mode} and this command uses "
+                              f"{self.dist.exchange}: resume with --halo-exchange {mode}, or start over with --overwrite")
         from oocgnn.train.config import RunConfig, load_config
 
         cfg_path = self.run_dir / "config.toml"
@@ -157,48 +203,85 @@ class RunSession:
         """Roll histories back to the chosen checkpoint, load its state, start journaling."""
         if not self.opts.enabled:
             return
-        hs = trainer.histories
-        info = self.resume_from
-        self.seq = info.seq if info is not None else 0
+        hs, d = trainer.histories, self.dist
+        self.seq = self.resume_seq if self.resume_seq is not None else 0
         tables = _journaled_tables(trainer)
         on_disk = all(t.path is not None for t in tables)
+        shared = d.shared_tables
         if on_disk and tables:
             hist_dir = tables[0].path.parent
-            for t in tables:
-                jr.preallocate(t.path)
-            steps = [jr.open_steps(t.path.with_name(t.path.name.replace(".npy", ".steps.npy")), t.num_nodes)
-                     for t in tables]
-            for s in steps:
-                jr.preallocate(Path(s.filename))
-            restored = jr.rollback(hist_dir, tables, steps, self.seq)
+            jdir = hist_dir / f"rank-{d.rank}" if shared and not d.is_main else hist_dir
+            jdir.mkdir(parents=True, exist_ok=True)
+            for turn in range(d.world_size if shared else 1):  # shared: rank 0 creates the step files first
+                if not shared or turn == d.rank:
+                    for t in tables:
+                        jr.preallocate(t.path)
+                    steps = [jr.open_steps(t.path.with_name(t.path.name.replace(".npy", ".steps.npy")), t.num_nodes)
+                             for t in tables]
+                    for s in steps:
+                        jr.preallocate(Path(s.filename))
+                if shared:
+                    d.barrier()
+            restored = self._rollback(jdir, tables, steps)
             if restored:
                 log.info("history journal: restored %d rows to their state at the checkpoint", restored)
             for t in range(len(hs.tables)):
                 hs.last_step[t][:] = steps[t]
-            self.journal = jr.UndoJournal(hist_dir, tables, steps, self.seq, fsync=self.opts.journal_fsync)
+            if shared:
+                hs.landed_steps = steps[:len(hs.tables)]
+            self.journal = jr.UndoJournal(jdir, tables, steps, self.seq, fsync=self.opts.journal_fsync)
             hs.journal = self.journal
             if len(tables) > len(hs.tables):
                 trainer.attach_journal(self.journal, len(hs.tables), steps[len(hs.tables):])
-        if info is not None:
-            sd = load_state(info)
+        if self.resume_seq is not None:
+            info = self.resume_from
+            sd = d.broadcast_object(load_state(info) if d.is_main else None)
             trainer.load_state_dict(sd["trainer"])
             np.random.set_state(sd["numpy_rng"])
             random.setstate(sd["python_rng"])
+            if d.active:  # every rank continues its own dropout stream
+                rng = sd["rank_rng"][d.rank]
+                torch.set_rng_state(rng["torch"])
+                np.random.set_state(rng["numpy"])
+                random.setstate(rng["python"])
             if sd.get("best_model_state") is not None:
                 trainer.best_model_state = sd["best_model_state"]
             if sd.get("memory_histories") is not None:
                 for t, (arr, last) in enumerate(sd["memory_histories"]):
                     hs.tables[t].array[:] = arr
                     hs.last_step[t][:] = last
-            self._truncate_metrics(int(info.meta.get("metrics_lines", 0)))
             st = trainer.state
-            log.info("resuming from checkpoint %s: step %d (epoch %d, batch %d of the epoch)",
-                     info.path, st.global_step, st.epoch + 1, st.position)
+            if d.is_main:
+                self._truncate_metrics(int(info.meta.get("metrics_lines", 0)))
+                log.info("resuming from checkpoint %s: step %d (epoch %d, batch %d of the epoch)",
+                         info.path, st.global_step, st.epoch + 1, st.position)
         elif not on_disk:
             log.info("histories in RAM: checkpoints include them")
         self._step_last = trainer.state.global_step
         self._t_last = time.monotonic()
         self.stop.install()
+
+    def _rollback(self, jdir: Path, tables: list[Any], steps: list[np.ndarray]) -> int:
+        """Undo every journal segment since the checkpoint.
+
+        Ranks sharing tables replay segment by segment, newest first, and within a
+        segment rank 0 first: a row is written by two ranks between two checkpoints
+        only when rank 0's evaluation sweep rewrites rows another rank trained, and that
+        sweep comes after every training push of its epoch, so its records are the newest.
+        """
+        d = self.dist
+        if not d.shared_tables:
+            return jr.rollback(jdir, tables, steps, self.seq)
+        mine = [s for s in jr.list_segments(jdir) if s >= self.seq]
+        restored = 0
+        for seq in sorted({s for seqs in d.gather_objects(mine) for s in seqs}, reverse=True):
+            for turn in range(d.world_size):
+                if turn == d.rank:
+                    restored += jr.rollback(jdir, tables, steps, self.seq, only_seq=seq, delete=False)
+                d.barrier()
+        jr.drop_segments(jdir, self.seq)  # only once every rank replayed: a crash before replays them all again
+        d.barrier()
+        return restored
 
     def _truncate_metrics(self, lines: int) -> None:
         """Drop metric lines of epochs replayed after the checkpoint (they are re-appended)."""
@@ -214,28 +297,31 @@ class RunSession:
     # ------------------------------------------------------------ boundaries
     def after_step(self, trainer: Any) -> None:
         """Between two training steps: checkpoint when due or when a stop was requested."""
-        if not self.opts.enabled:
-            if self.stop.requested:
-                raise Preempted(f"stopped by {self.stop.name} (checkpoints disabled, nothing saved)")
-            return
         step = trainer.state.global_step
         # REST refresh passes do not advance the step: checkpoint once per step, not after each of them
-        due = (self.opts.every_steps > 0 and step % self.opts.every_steps == 0 and step != self._step_last) or \
-              (self.opts.interval_s > 0 and time.monotonic() - self._t_last >= self.opts.interval_s)
-        if due or self.stop.requested:
+        due = self.opts.enabled and (
+            (self.opts.every_steps > 0 and step % self.opts.every_steps == 0 and step != self._step_last) or
+            (self.opts.interval_s > 0 and time.monotonic() - self._t_last >= self.opts.interval_s))
+        due, self._stop_all = self.dist.any_of([due, self.stop.requested])
+        if not self.opts.enabled:
+            if self._stop_all:
+                raise Preempted(f"stopped by {self.stop.name or 'another rank'} (checkpoints disabled, nothing saved)")
+            return
+        if due or self._stop_all:
             self.save(trainer)
         self._raise_if_stopped(trainer)
 
     def after_epoch(self, trainer: Any) -> None:
         """After an epoch's evaluation and metrics line: always checkpoint."""
+        self._stop_all = self.dist.any_of([self.stop.requested])[0]
         if self.opts.enabled:
             self.save(trainer)
         self._raise_if_stopped(trainer)
 
     def _raise_if_stopped(self, trainer: Any) -> None:
-        if self.stop.requested:
+        if self._stop_all:
             where = f" ({self.store.dir / f'step-{trainer.state.global_step}'})" if self.opts.enabled else ""
-            raise Preempted(f"stopped by {self.stop.name} at step {trainer.state.global_step} with a checkpoint"
+            raise Preempted(f"stopped by {self.stop.name or 'a signal to another rank'} at step {trainer.state.global_step} with a checkpoint"
                             f"{where}; re-run the same command to resume from there")
 
     def save(self, trainer: Any) -> CheckpointInfo | None:
@@ -243,31 +329,41 @@ class RunSession:
         if not self.opts.enabled:
             return None
         t0 = time.perf_counter()
+        d = self.dist
         hs = trainer.histories
+        trainer.drain_exchange()
         hs.flush()
         if self.journal is not None:
             self.journal.sync()
-        extra = {"trainer": trainer.state_dict(), "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
-                 "best_model_state": getattr(trainer, "best_model_state", None),
-                 "memory_histories": None if self.journal is not None or not hs.tables else
-                 [(t.array.copy(), ls.copy()) for t, ls in zip(hs.tables, hs.last_step)]}
-        buf = io.BytesIO()
-        torch.save(extra, buf)
-        metrics = self.run_dir / "metrics.jsonl"
-        st = trainer.state
-        meta = {"epoch": st.epoch, "position": st.position, "histories": _history_layout(trainer),
-                "metrics_lines": len(metrics.read_bytes().splitlines()) if metrics.exists() else 0,
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        # every rank's RNG states; also the point where all ranks have synced their journals
+        rank_rng = d.gather_objects({"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                                     "python": random.getstate()}) if d.active else None
         seq = self.seq + 1
-        info = self.store.save(seq, st.global_step, buf.getvalue(), meta)
-        keep_from = self.store.prune()
+        info = None
+        if d.is_main:
+            extra = {"trainer": trainer.state_dict(), "numpy_rng": np.random.get_state(),
+                     "python_rng": random.getstate(), "rank_rng": rank_rng,
+                     "best_model_state": getattr(trainer, "best_model_state", None),
+                     "memory_histories": None if self.journal is not None or not hs.tables else
+                     [(t.array.copy(), ls.copy()) for t, ls in zip(hs.tables, hs.last_step)]}
+            buf = io.BytesIO()
+            torch.save(extra, buf)
+            metrics = self.run_dir / "metrics.jsonl"
+            st = trainer.state
+            meta = {"epoch": st.epoch, "position": st.position, "histories": _history_layout(trainer),
+                    "metrics_lines": len(metrics.read_bytes().splitlines()) if metrics.exists() else 0,
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "world_size": d.world_size,
+                    "halo_exchange": d.exchange if d.active else None}
+            info = self.store.save(seq, st.global_step, buf.getvalue(), meta)
+            keep_from = self.store.prune()
+        keep_from = d.broadcast_object(keep_from if d.is_main else None)
         if self.journal is not None:
             self.journal.rotate(seq, keep_from)
         self.seq = seq
-        self._t_last, self._step_last = time.monotonic(), st.global_step
+        self._t_last, self._step_last = time.monotonic(), trainer.state.global_step
         self.checkpoint_s += time.perf_counter() - t0
         self.checkpoints_written += 1
-        log.debug("checkpoint %s written in %.3f s", info.path, time.perf_counter() - t0)
+        log.debug("checkpoint %d written in %.3f s", seq, time.perf_counter() - t0)
         return info
 
     # ------------------------------------------------------------ end
@@ -276,6 +372,8 @@ class RunSession:
         from oocgnn.train.evaluate import export_predictions, layerwise_inference
         from oocgnn.train.run import save_torch
 
+        if not self.dist.is_main:
+            return
         final = self.run_dir / FINAL
         final.mkdir(parents=True, exist_ok=True)
         save_torch({k: v.detach().cpu().clone() for k, v in trainer.model.state_dict().items()}, final / "model.pt")

@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(_requested_command(argv))
     args = parser.parse_args(argv)
+    args.argv = argv  # `train --nproc-per-node N` relaunches itself with these
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s" if args.verbose else "%(message)s",
@@ -73,7 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except OocgnnError as exc:
-        print(f"oocgnn {args.command}: error: {exc}", file=sys.stderr)
+        if not getattr(exc, "quiet", False):
+            rank = os.environ.get("RANK") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
+            where = f" (rank {rank})" if rank is not None else ""
+            print(f"oocgnn {args.command}{where}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except OSError as exc:
         translated = translate_os_error(exc, getattr(exc, "filename", "") or "", "writing")

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
+from oocgnn.errors import ConfigError
 from oocgnn.store.reader import open_dataset
+from oocgnn.train.dist import check_supported
 from oocgnn.train.config import RunConfig, load_toml, merge
 from oocgnn.utils.memory import current_rss, format_size
 
@@ -121,6 +124,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="no checkpoints, no history journal, no resume (benchmarks)")
     g.add_argument("--deterministic", action="store_true",
                    help="deterministic kernels so a resumed run is bitwise identical to an uninterrupted one")
+    g = p.add_argument_group(
+        "several ranks (torch.distributed; every rank trains its own batch each step, gradients are all-reduced)")
+    g.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
+                   help="start N ranks on this host (gloo on CPU, NCCL on CUDA); across hosts start one "
+                        "`oocgnn train` per process with torchrun instead (it sets RANK, WORLD_SIZE, MASTER_ADDR). "
+                        "A rerun resumes with the same N; --memory-budget is shared by the ranks of a host "
+                        "(default 1)")
+    g.add_argument("--halo-exchange", choices=("auto", "shared-files", "all-to-all"), default="auto",
+                   help="how a rank sees history rows other ranks pushed: shared-files = one set of tables on this "
+                        "host's disk, read at most a few steps late; all-to-all = each rank owns its partitions' rows "
+                        "and ships fresh ones to the ranks that need them once per step, one step stale (the "
+                        "cross-host path; forcing it on one host tests it); auto = shared-files when every rank is on "
+                        "one host (default auto)")
+    g.add_argument("--dist-timeout", type=float, default=1800.0, metavar="SECONDS",
+                   help="a collective waiting longer than this for a peer fails the run (rank 0 evaluates while "
+                        "the others wait: keep it above an evaluation's time) (default 1800)")
     g = p.add_argument_group("evaluation")
     g.add_argument("--eval-refresh", action=argparse.BooleanOptionalAction, default=None,
                    help="evaluation sweeps write the training histories (GAS behaviour, default) or, with "
@@ -194,39 +213,105 @@ def tqdm_progress(enabled: bool):
     return factory
 
 
+def _is_launched_rank() -> bool:
+    """This process is a rank that ``--nproc-per-node`` started (not the launcher, not torchrun's)."""
+    from oocgnn.cli.launch import LAUNCHED_ENV
+
+    return os.environ.get(LAUNCHED_ENV) == "1"
+
+
+def _check_ranks(args: argparse.Namespace, cfg: RunConfig) -> None:
+    """Refuse rank options that cannot work, before any rank starts (one line each)."""
+    if args.nproc_per_node < 1:
+        raise ConfigError(f"--nproc-per-node must be >= 1, got {args.nproc_per_node}")
+    if args.nproc_per_node > 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _is_launched_rank():
+        raise ConfigError("--nproc-per-node starts ranks itself; under torchrun (WORLD_SIZE is set) use "
+                          "torchrun's --nproc-per-node instead")
+    if args.dist_timeout <= 0:
+        raise ConfigError(f"--dist-timeout must be > 0 seconds, got {args.dist_timeout}")
+    world = max(args.nproc_per_node, int(os.environ.get("WORLD_SIZE", "1")))
+    check_supported(cfg, world)
+    if world == 1 and args.halo_exchange != "auto":
+        raise ConfigError(f"--halo-exchange {args.halo_exchange} needs several ranks (--nproc-per-node N or torchrun)")
+
+
+def _finished(args: argparse.Namespace, cfg: RunConfig, ds: Any, world_size: int) -> bool:
+    """True (and one log line) when RUN already holds exactly this finished run; a changed command raises.
+
+    A scheduler requeueing a finished job re-runs its exact command: a no-op, not an error.
+    """
+    if args.overwrite or not (args.run_dir / "summary.json").exists():
+        return False
+    from oocgnn.checkpoint.compat import check_same_finished_run
+
+    done = check_same_finished_run(args.run_dir, cfg, getattr(ds, "checksum", None), world_size)
+    log.info("%s already holds this finished run (best valid %.4f, test %.4f at epoch %d); nothing to do",
+             args.run_dir, done["best_valid_acc"], done["test_acc_at_best_valid"], done["best_epoch"])
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
+    from oocgnn.train.dist import DistContext
+
+    cfg = resolve_config(args)
+    _check_ranks(args, cfg)
+    ds = open_dataset(args.data)
+    if args.nproc_per_node > 1 and not _is_launched_rank():
+        if _finished(args, cfg, ds, args.nproc_per_node):
+            return 0
+        from oocgnn.cli.launch import launch
+
+        return launch(args.argv, args.nproc_per_node)
+    dist = DistContext.from_env(args.halo_exchange, args.dist_timeout, cfg.io.device, args.deterministic)
+    try:
+        if dist.active:
+            import torch
+
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.local_world_size))
+            if not dist.is_main:  # rank 0 reports; the others only warn
+                logging.getLogger().setLevel(logging.WARNING)
+                args.progress = False
+        return _train(args, cfg, ds, dist)
+    finally:
+        dist.close()
+
+
+def _train(args: argparse.Namespace, cfg: RunConfig, ds: Any, dist: Any) -> int:
+    from oocgnn.checkpoint import CheckpointOptions, Preempted, RunSession
     from oocgnn.runner import make_trainer
     from oocgnn.train.run import fit
 
-    cfg = resolve_config(args)
-    ds = open_dataset(args.data)
-    run_dir: Path = args.run_dir
-    if (run_dir / "summary.json").exists() and not args.overwrite:
-        # a scheduler requeueing a finished job re-runs its exact command: a no-op, not an error;
-        # a changed command raises a one-line RunDirError (exit 2)
-        from oocgnn.checkpoint.compat import check_same_finished_run
-
-        done = check_same_finished_run(run_dir, cfg, getattr(ds, "checksum", None))
-        log.info("%s already holds this finished run (best valid %.4f, test %.4f at epoch %d); nothing to do",
-                 run_dir, done["best_valid_acc"], done["test_acc_at_best_valid"], done["best_epoch"])
+    if _finished(args, cfg, ds, dist.world_size):
         return 0
-    if args.overwrite and run_dir.exists():
-        import shutil
+    run_dir: Path = args.run_dir
+    if dist.is_main:
+        if args.overwrite and run_dir.exists():
+            import shutil
 
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    from oocgnn.checkpoint import CheckpointOptions, Preempted, RunSession
-
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
     session = RunSession(run_dir, CheckpointOptions(
         every_steps=args.checkpoint_every, interval_s=args.checkpoint_interval, keep=args.keep_checkpoints,
-        enabled=args.checkpoints, deterministic=args.deterministic))
-    session.prepare(cfg, ds)
-    trainer = make_trainer(ds, cfg, run_dir)
+        enabled=args.checkpoints, deterministic=args.deterministic), dist)
+    try:
+        session.prepare(cfg, ds)
+        # ranks sharing history files: rank 0 creates them before the others open them
+        shared = dist.shared_tables
+        if shared and not dist.is_main:
+            dist.barrier()
+        trainer = make_trainer(ds, cfg, run_dir, dist=dist)
+        if shared and dist.is_main:
+            dist.barrier()
+    except BaseException:
+        session.close()
+        raise
     try:
         session.attach(trainer)
         summary = fit(trainer, tqdm_progress(args.progress), session)
     except Preempted as exc:
-        log.warning("%s", exc)
+        if dist.is_main:
+            log.warning("%s", exc)
         return exc.exit_code
     finally:
         try:

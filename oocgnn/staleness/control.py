@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from oocgnn.batch import SubgraphBatch
+from oocgnn.batching import RankSplit
 from oocgnn.config import StalenessConfig
 from oocgnn.staleness.importance import node_importance, partition_importance
 from oocgnn.staleness.metrics import (StalenessMeter, enable_halo_grads, halo_grad_norms, read_rows_exact,
@@ -36,7 +37,7 @@ class StalenessControl:
 
     def __init__(self, cfg: StalenessConfig, num_nodes: int, indptr: np.ndarray, indices: np.ndarray,
                  partition_ptr: np.ndarray, parts_per_batch: int, seed: int, num_tables: int,
-                 out_channels: int, run_dir: Path | None = None) -> None:
+                 out_channels: int, run_dir: Path | None = None, split: RankSplit = RankSplit()) -> None:
         self.cfg = cfg
         self.refresh_train_mode = bool(cfg.refresh_train_mode)
         self.partition_ptr = np.asarray(partition_ptr, dtype=np.int64)
@@ -46,7 +47,7 @@ class StalenessControl:
             self.node_importance = node_importance(indptr, indices, self.partition_ptr)
             imp = partition_importance(self.node_importance, self.partition_ptr)
         self.schedule = RefreshSchedule(num_parts, parts_per_batch, seed, cfg.method, cfg.refresh_per_step,
-                                        cfg.rest_loop, imp, cfg.rest_is_uniform)
+                                        cfg.rest_loop, imp, cfg.rest_is_uniform, split)
         self.meter = StalenessMeter(num_tables)
         self.visagnn = cfg.method == "visagnn"
         self.tracker = StalenessTracker.from_store(indptr, num_tables, cfg.visagnn_criterion) if self.visagnn else None

@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from oocgnn.batching import Action, epoch_plan, group_ranges
+from oocgnn.batching import Action, RankSplit, group_ranges
 from oocgnn.errors import ConfigError
 from oocgnn.staleness.importance import draw_refresh_parts
 
@@ -72,7 +72,8 @@ class RefreshSchedule:
 
     def __init__(self, num_partitions: int, parts_per_batch: int, seed: int, method: str = "gas",
                  refresh_per_step: float = 1.0, loop: str = "extra",
-                 importance: np.ndarray | None = None, uniform_mix: float = 0.1) -> None:
+                 importance: np.ndarray | None = None, uniform_mix: float = 0.1,
+                 split: RankSplit = RankSplit()) -> None:
         if refresh_per_step < 1.0:
             raise ConfigError(f"--refresh-per-step must be >= 1, got {refresh_per_step}")
         if loop not in ("extra", "interleave"):
@@ -89,6 +90,7 @@ class RefreshSchedule:
         self.seed, self.method, self.f, self.loop = int(seed), method, float(refresh_per_step), loop
         self.importance = None if importance is None else np.asarray(importance, dtype=np.float64)
         self.uniform_mix = float(uniform_mix)
+        self.split = split  #: this rank's share of each epoch plan (one process: the whole plan)
         self.batches_per_cycle = math.ceil(self.num_partitions / self.parts_per_batch)
 
     # ------------------------------------------------------------ refresh queue
@@ -109,7 +111,7 @@ class RefreshSchedule:
     # ------------------------------------------------------------------- epochs
     def epoch_groups(self, epoch: int) -> list[tuple[int, ...]]:
         return [tuple(int(p) for p in g)
-                for g in epoch_plan(self.num_partitions, self.parts_per_batch, self.seed, epoch)]
+                for g in self.split.groups(self.num_partitions, self.parts_per_batch, self.seed, epoch)]
 
     def plan(self, epoch: int, state: ScheduleState, part_last: np.ndarray,
              partition_ptr: np.ndarray) -> list[Action]:

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from oocgnn.batch import SubgraphBatch
-from oocgnn.batching import epoch_plan, group_ranges, partition_halo_sizes
+from oocgnn.batching import group_ranges, partition_halo_sizes
 from oocgnn.cache import begin_epoch_caches, caches_epoch_metrics
 from oocgnn.errors import ConfigError
 from oocgnn.history import HistorySet
@@ -40,6 +40,9 @@ from oocgnn.models import build_model
 from oocgnn.prefetch import BatchLoader, IOStats, Prefetcher, Slot, advise_random, ring_rows_bound
 from oocgnn.train.budget import mapped_window, plan_memory
 from oocgnn.train.config import RunConfig
+from oocgnn.train.dist import SINGLE, DistContext
+from oocgnn.train.exchange import HaloExchange
+from oocgnn.train.optim import make_optimizer
 from oocgnn.train.policy import EpochPolicy, GASPolicy
 from oocgnn.utils.mapped import MappedPageReleaser
 from oocgnn.utils.memory import format_size, resolve_budget
@@ -61,52 +64,26 @@ class TrainState:
     refresh_pending: int = 0   #: REST refreshes still owed after the last training step (``extra`` loop)
 
 
-def step_lr(cfg: RunConfig, batches_per_epoch: int) -> float:
-    """Adam's learning rate for ``batches_per_epoch`` optimizer steps per epoch.
-
-    ``--lr`` is the full-batch rate.  With ``--lr-scaling sqrt`` (default) it is divided
-    by sqrt(batches per epoch): Adam's square-root scaling rule for a batch that is
-    1/B of the data (Malladi et al. 2022, "On the SDEs and Scaling Rules for Adaptive
-    Gradient Algorithms").  Measured here (``benchmarks/bench_collapse.py``): at
-    40 batches/epoch the unscaled rate kills most ReLUs and sends a GCN towards the
-    majority class even when every halo row is exact, so the collapse is the
-    optimizer's, not the histories'.
-    """
-    if cfg.train.lr_scaling == "none":
-        return cfg.train.lr
-    return cfg.train.lr / math.sqrt(max(1, batches_per_epoch))
-
-
-def make_optimizer(model: torch.nn.Module, cfg: RunConfig, batches_per_epoch: int = 1) -> torch.optim.Optimizer:
-    """Adam with GAS's two weight-decay groups: ``--weight-decay`` on the first layer, ``--weight-decay-rest`` after.
-
-    The GAS reference regularises only the first layer's modules (its
-    ``reg_weight_decay``); the wide first layer is where bag-of-words inputs overfit.
-    The rate is :func:`step_lr`.
-    """
-    tr = cfg.train
-    first = model.first_layer_parameters() if hasattr(model, "first_layer_parameters") else []
-    first_ids = {id(p) for p in first}
-    rest = [p for p in model.parameters() if id(p) not in first_ids]
-    groups = [{"params": first, "weight_decay": tr.weight_decay}, {"params": rest, "weight_decay": tr.weight_decay_rest}]
-    return torch.optim.Adam([g for g in groups if g["params"]], lr=step_lr(cfg, batches_per_epoch))
-
-
 class Trainer:
     """Owns model, optimizer, histories, staging ring and I/O pool for one run.
 
     ``run_dir=None`` or ``cfg.io.in_memory`` keeps histories in RAM (the
     differential oracle); ``cfg.io.in_memory`` also loads the features into RAM.
+    ``dist`` (several ranks, :mod:`oocgnn.train.dist`): this rank trains its share of
+    each epoch plan, gradients are all-reduced every step, and the memory budget is
+    shared by the ranks of this host.
     """
 
     def __init__(self, ds: Any, cfg: RunConfig, run_dir: str | Path | None = None,
-                 model: torch.nn.Module | None = None, policy: EpochPolicy | None = None) -> None:
+                 model: torch.nn.Module | None = None, policy: EpochPolicy | None = None,
+                 dist: DistContext = SINGLE) -> None:
         if policy is None and cfg.staleness.method != "gas":
             raise ConfigError(f"--method {cfg.staleness.method} needs its epoch policy: build the trainer with "
                               "oocgnn.runner.make_trainer (Trainer alone trains plain GAS)")
         self.ds, self.cfg = ds, cfg
         self.policy: EpochPolicy = policy if policy is not None else GASPolicy()
-        self.budget = resolve_budget(cfg.io.memory_budget)
+        self.dist, self.split = dist, dist.split
+        self.budget = resolve_budget(cfg.io.memory_budget) // dist.local_world_size
         # memmapped store/history pages count in RSS: keep them under a window of the budget from the
         # first read on (the halo sizes below already scan the whole CSR); stopped by close() or GC
         self._releaser = MappedPageReleaser(mapped_window(self.budget)).__enter__()
@@ -125,17 +102,25 @@ class Trainer:
             model = build_model(m.name, ds.num_features, m.hidden, ds.num_classes, m.layers, dropout=m.dropout,
                                 batch_norm=m.batch_norm)
         self.model = model
+        if dist.active:  # same initial weights on every rank (seeded above), its own dropout stream from here
+            torch.manual_seed(cfg.train.seed + 1_000_003 * dist.rank)
         self.model.normalize_features = m.normalize_features
         self.model.to(self.device)
         self.partition_ptr = np.asarray(ds.partition_ptr, dtype=np.int64)
-        self.batches_per_epoch = math.ceil((len(self.partition_ptr) - 1) / cfg.train.parts_per_batch)
+        #: optimizer steps per epoch (with several ranks: each step trains one batch per rank)
+        self.batches_per_epoch = self.split.steps(len(self.partition_ptr) - 1, cfg.train.parts_per_batch)
         self.optimizer = make_optimizer(self.model, cfg, self.batches_per_epoch)
         log.info("Adam lr %.3g (--lr %g, --lr-scaling %s, %d batches/epoch)", self.optimizer.param_groups[0]["lr"],
                  cfg.train.lr, cfg.train.lr_scaling, self.batches_per_epoch)
         self.state = TrainState()
 
         hist_dir = None if in_mem else self.run_dir / "histories"
+        if hist_dir is not None and dist.owns_rows:  # cross-host path: every rank keeps its own tables
+            hist_dir = hist_dir / f"rank-{dist.rank}"
         self.histories = HistorySet(ds.num_nodes, list(self.model.history_channels), cfg.io.history_dtype, hist_dir)
+        #: cross-host path only: ships this rank's fresh rows to the ranks that have them in their halo
+        self.exchange = (HaloExchange(dist.world_size, dist.rank, self.histories, ds.indptr, ds.indices,
+                                      self.partition_ptr) if dist.owns_rows and len(self.histories) else None)
         self.features = np.ascontiguousarray(ds.features) if cfg.io.in_memory else ds.features
         self.indptr = np.asarray(ds.indptr) if cfg.io.in_memory else ds.indptr
         self.indices = np.asarray(ds.indices) if cfg.io.in_memory else ds.indices
@@ -182,11 +167,14 @@ class Trainer:
         return self._pool
 
     def plan(self, epoch: int) -> list[list[tuple[int, int]]]:
-        groups = epoch_plan(len(self.partition_ptr) - 1, self.cfg.train.parts_per_batch, self.cfg.train.seed, epoch)
+        groups = self.split.groups(len(self.partition_ptr) - 1, self.cfg.train.parts_per_batch, self.cfg.train.seed,
+                                   epoch)
         return [group_ranges(self.partition_ptr, g) for g in groups]
 
     def prefetcher(self, plan: list, loader: BatchLoader) -> Prefetcher:
         depth = min(self.cfg.io.prefetch, self.prefetch_depth)  # the memory plan may have lowered it
+        if self.dist.lockstep:
+            depth = 0  # a read ahead would race other ranks' pushes
         return Prefetcher(loader, plan, self.slots, depth, self.labels, self.train_mask, self.device,
                           self.cfg.io.staleness_bound, step_fn=lambda: self.state.global_step)
 
@@ -206,16 +194,46 @@ class Trainer:
             extra = policy.extra_loss(logits, batch)
             (loss if extra is None else loss + extra).backward()
             policy.after_backward(batch, labelled)
-            if self.cfg.train.grad_clip > 0:
-                self.last_grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.train.grad_clip))
-            opt.step()
             loss_value = float(loss.detach())
+        self._optimizer_step(labelled)
         if pushes:
             policy.before_push(self.histories, batch, pushes)
             self.histories.push(pushes, step=self.state.global_step, ranges=batch.ranges)
+        self._share_pushes(batch.ranges, pushes)
         policy.after_train(batch, logits)
         self.state.global_step += 1
         return loss_value
+
+    def _optimizer_step(self, labelled: int) -> None:
+        """(All-reduce,) clip and step; no step when no rank had a labelled node.
+
+        Several ranks: on the shared-files path this rank's pushes land first, so at the
+        all-reduce of step k every rank's pushes up to step k-1 are in the tables.
+        """
+        if self.dist.active:
+            if self.exchange is None:
+                self.histories.flush()
+            labelled = self.dist.sync_gradients(list(self.model.parameters()), labelled)
+        if not labelled:
+            return
+        if self.cfg.train.grad_clip > 0:
+            self.last_grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip))
+        self.optimizer.step()
+
+    def idle_step(self) -> None:
+        """A step of a rank whose share of the epoch is used up: no batch, but every collective."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self._optimizer_step(0)
+        self._share_pushes([], None)
+        self.state.global_step += 1
+
+    def _share_pushes(self, ranges: list, pushes: list[torch.Tensor] | None) -> None:
+        """Several ranks: start shipping this step's rows (all-to-all), or land them for all (lockstep)."""
+        if self.exchange is not None:
+            self.exchange.after_step(ranges, pushes, self.state.global_step)
+        elif self.dist.lockstep:
+            self.histories.flush()
+            self.dist.barrier()
 
     @torch.inference_mode()
     def refresh(self, batch: SubgraphBatch) -> None:
@@ -260,7 +278,9 @@ class Trainer:
         st = self.state
         if (self.cfg.train.fill_histories and st.epoch == 0 and st.position == 0 and st.global_step == 0
                 and len(self.histories)):
-            self.fill_histories()
+            if self.dist.is_main or self.dist.owns_rows:  # shared tables: rank 0 fills them for everyone
+                self.fill_histories()
+            self.dist.barrier()
         t0 = time.perf_counter()
         actions = self.policy.plan_epoch(self)
         loader = BatchLoader(self.indptr, self.indices, self.features, self.histories,
@@ -284,7 +304,14 @@ class Trainer:
             self.policy.advance(st, action)
             if on_batch is not None:
                 on_batch({"loss": losses[-1] if losses else float("nan"), "io_wait_s": pf.stats.io_wait_s})
+        while st.position < self.batches_per_epoch and self.dist.active:  # this rank's share ran out
+            self.idle_step()
+            st.position += 1
+            if on_batch is not None:
+                on_batch({"loss": float("nan"), "io_wait_s": pf.stats.io_wait_s})
+        self.drain_exchange()
         self.histories.flush()
+        self.dist.barrier()  # every rank's pushes of the epoch are in the tables before rank 0 evaluates
         st.epoch += 1
         st.position = 0
         stats = pf.stats
@@ -305,13 +332,24 @@ class Trainer:
             "hist_age_mean": ages_sum / ages_n if ages_n else None, "hist_never_written": never}
         if self.cfg.train.grad_clip > 0:
             rec["grad_norm_last"] = self.last_grad_norm
+        if self.dist.active:
+            rec["world_size"] = self.dist.world_size
+            if self.exchange is not None:
+                rec["exchange_bytes_sent"] = self.exchange.bytes_sent
+                rec["exchange_rows_received"] = self.exchange.rows_received
         rec.update(caches_epoch_metrics(self))
         rec.update(self.policy.epoch_record(self))
         return rec
 
     def epoch_length(self, epoch: int) -> int:
         """Passes (training steps + refreshes) of ``epoch`` from the start (progress bars)."""
-        return self.policy.epoch_length(len(self.plan(epoch)), self.state.global_step)
+        steps = self.batches_per_epoch if self.dist.active else len(self.plan(epoch))
+        return self.policy.epoch_length(steps, self.state.global_step)
+
+    def drain_exchange(self) -> None:
+        """Land the halo exchange in flight (cross-host path): epoch ends and checkpoints."""
+        if self.exchange is not None:
+            self.exchange.drain()
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import torch
 
 from oocgnn.batch import SubgraphBatch
-from oocgnn.batching import Action, epoch_plan, group_ranges
+from oocgnn.batching import Action, group_ranges
 
 
 class EpochPolicy(Protocol):
@@ -59,8 +59,8 @@ class GASPolicy:
 
     def plan_epoch(self, trainer: Any) -> list[Action]:
         st = trainer.state
-        groups = epoch_plan(len(trainer.partition_ptr) - 1, trainer.cfg.train.parts_per_batch,
-                            trainer.cfg.train.seed, st.epoch)
+        groups = trainer.split.groups(len(trainer.partition_ptr) - 1, trainer.cfg.train.parts_per_batch,
+                                      trainer.cfg.train.seed, st.epoch)
         return [Action("train", tuple(int(p) for p in g), group_ranges(trainer.partition_ptr, g))
                 for g in groups[st.position:]]
 

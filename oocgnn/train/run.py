@@ -43,10 +43,13 @@ def fit(trainer: Trainer, progress: ProgressFactory | None = None, session: Any 
 
     ``session`` (an :class:`oocgnn.checkpoint.RunSession`, already attached) gets
     the step/epoch boundary hooks: checkpoints, stop on SIGTERM, final model.
+    With several ranks every rank trains; rank 0 alone evaluates and writes the run's
+    files (config, metrics, best model, predictions, summary).
     """
     cfg = trainer.cfg
     preds = None
-    run_dir = trainer.run_dir
+    main = trainer.dist.is_main
+    run_dir = trainer.run_dir if main else None
     metrics = MetricsLog(run_dir) if run_dir is not None else None
     if run_dir is not None:
         save_config(cfg, run_dir / CONFIG)
@@ -65,7 +68,7 @@ def fit(trainer: Trainer, progress: ProgressFactory | None = None, session: Any 
                 rec = trainer.train_epoch(cb)
             finally:
                 close()
-            if trainer.state.epoch % cfg.eval.eval_every == 0 or trainer.state.epoch == cfg.train.epochs:
+            if main and (trainer.state.epoch % cfg.eval.eval_every == 0 or trainer.state.epoch == cfg.train.epochs):
                 t_eval = time.perf_counter()
                 accs, preds = evaluate(trainer, refresh=cfg.eval.eval_refresh)
                 rec.update(accs)
@@ -78,6 +81,7 @@ def fit(trainer: Trainer, progress: ProgressFactory | None = None, session: Any 
                     if run_dir is not None:
                         save_torch(trainer.best_model_state, run_dir / BEST_MODEL)
                         export_predictions(trainer.ds, preds, run_dir / PREDICTIONS)
+            trainer.dist.barrier()  # shared tables: rank 0's evaluation sweep wrote them; train on after it
             rss.sample()
             rec["rss_bytes"] = current_rss()
             rec["peak_rss_bytes"] = rss.peak  # includes file-backed memmap pages (reclaimable page cache)
@@ -100,7 +104,7 @@ def fit(trainer: Trainer, progress: ProgressFactory | None = None, session: Any 
         "staging_ring_bytes": trainer.ring_bytes, "eval_refresh": cfg.eval.eval_refresh,
         "io_wait_s": sum(r["io_wait_s"] for r in records),
         "train_time_s": sum(r["epoch_time_s"] for r in records),
-        "store_checksum": getattr(trainer.ds, "checksum", None),
+        "store_checksum": getattr(trainer.ds, "checksum", None), "world_size": trainer.dist.world_size,
     }
     if run_dir is not None:
         write_summary(run_dir, summary)

@@ -1,0 +1,180 @@
+"""Several processes train one model: the torch.distributed side of a run.
+
+A run of W ranks (``oocgnn train --nproc-per-node W``, or one ``oocgnn train`` per
+process under ``torchrun``) keeps one model: every step each rank trains its own
+batch, the gradients are all-reduced (weighted by each batch's labelled nodes, so
+the update is the gradient of the union of the W batches), and every rank takes
+the same Adam step.  Rank 0 evaluates and writes the run's files.
+
+Why collectives by hand, not the ``DistributedDataParallel`` wrapper: DDP's
+all-reduce fires inside ``backward()``, so a rank that has no batch (the last step of
+an epoch whose batch count W does not divide) or no labelled node in its batch
+would never call it and every other rank would wait forever.  Here every rank calls
+exactly one all-reduce per step, of one flat buffer (what DDP does with its
+buckets), whatever its batch held.  The backend is gloo on CPU and NCCL on CUDA.
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from oocgnn.batching import RankSplit
+from oocgnn.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+#: ``--halo-exchange``: ranks share the run's history files (one host) or own their rows and exchange them
+EXCHANGES = ("auto", "shared-files", "all-to-all")
+#: seconds a collective may wait for a peer before it fails (``--dist-timeout``)
+DEFAULT_TIMEOUT_S = 1800.0
+
+
+def check_supported(cfg: Any, world_size: int) -> None:
+    """Refuse, in one line, what several ranks cannot run yet."""
+    if world_size <= 1:
+        return
+    if cfg.staleness.method != "gas":
+        raise ConfigError(f"--method {cfg.staleness.method} does not run on several ranks yet (its refresh schedule "
+                          f"and staleness state are per process); use --method gas with --nproc-per-node / torchrun")
+    if cfg.io.in_memory:
+        raise ConfigError("--in-memory keeps histories in each process's RAM, which ranks cannot share; drop "
+                          "--in-memory to train with several ranks")
+
+
+@dataclass
+class DistContext:
+    """Rank, world and halo-exchange mode of this process; a world of 1 makes every call a no-op."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_world_size: int = 1
+    exchange: str = "shared-files"
+    #: shared files, deterministic runs: every rank's pushes of a step land before any rank reads for the
+    #: next one (no read-ahead), so what a halo read sees no longer depends on timing
+    lockstep: bool = False
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def owns_rows(self) -> bool:
+        """True on the cross-host path: this rank's tables hold its own rows plus received halo rows."""
+        return self.active and self.exchange == "all-to-all"
+
+    @property
+    def shared_tables(self) -> bool:
+        """True when several ranks write one set of history tables (one host)."""
+        return self.active and self.exchange == "shared-files"
+
+    @property
+    def split(self) -> RankSplit:
+        return RankSplit(self.rank, self.world_size, by_owner=self.owns_rows)
+
+    @classmethod
+    def from_env(cls, exchange: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S,
+                 device: str = "cpu", deterministic: bool = False) -> "DistContext":
+        """Join the process group that ``torchrun`` or ``--nproc-per-node`` described in the environment."""
+        if exchange not in EXCHANGES:
+            raise ConfigError(f"--halo-exchange {exchange!r} is not one of {', '.join(EXCHANGES)}")
+        env = os.environ
+        world = int(env.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        rank = int(env["RANK"])
+        local_world = int(env.get("LOCAL_WORLD_SIZE", str(world)))
+        if exchange == "auto":
+            exchange = "shared-files" if local_world == world else "all-to-all"
+        if exchange == "shared-files" and local_world != world:
+            raise ConfigError(f"--halo-exchange shared-files needs every rank on one host (WORLD_SIZE {world}, "
+                              f"LOCAL_WORLD_SIZE {local_world}); use --halo-exchange all-to-all or auto")
+        for key in ("MASTER_ADDR", "MASTER_PORT"):
+            if key not in env:
+                raise ConfigError(f"WORLD_SIZE={world} but {key} is not set; launch with torchrun or "
+                                  f"`oocgnn train --nproc-per-node N`")
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        if not dist.is_initialized():
+            dist.init_process_group(backend, rank=rank, world_size=world,
+                                    timeout=datetime.timedelta(seconds=timeout_s))
+        ctx = cls(rank=rank, world_size=world, local_world_size=local_world, exchange=exchange,
+                  lockstep=deterministic and exchange == "shared-files")
+        log.debug("rank %d of %d joined (%s, halo exchange %s)", rank, world, backend, exchange)
+        return ctx
+
+    # ------------------------------------------------------------ collectives
+    def barrier(self) -> None:
+        if self.active:
+            dist.barrier()
+
+    def broadcast_object(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank."""
+        if not self.active:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather_objects(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order, on every rank."""
+        if not self.active:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def any_of(self, flags: list[bool]) -> list[bool]:
+        """Each flag True on every rank when it is True on any (checkpoint due, stop requested): one all-reduce."""
+        if not self.active:
+            return [bool(f) for f in flags]
+        t = torch.tensor([1 if f else 0 for f in flags], dtype=torch.int64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return [bool(v) for v in t.tolist()]
+
+    def sync_gradients(self, params: list[torch.nn.Parameter], weight: int) -> int:
+        """All-reduce ``weight * grad`` and ``weight`` in one flat buffer; grads become the weighted mean.
+
+        ``weight`` is this rank's labelled nodes (0 for an idle rank or a label-free batch,
+        whose missing grads count as zeros).  Returns the total weight; 0 means nobody had a
+        label this step and the grads are cleared (no optimizer step, as single-process).
+        """
+        if not params:
+            return weight
+        device = params[0].device
+        sizes = [p.numel() for p in params]
+        flat = torch.zeros(sum(sizes) + 1, dtype=torch.float32, device=device)
+        if weight:
+            o = 0
+            for p, n in zip(params, sizes):
+                if p.grad is not None:
+                    flat[o:o + n] = p.grad.reshape(-1) * weight
+                o += n
+        flat[-1] = float(weight)
+        dist.all_reduce(flat)
+        total = int(round(float(flat[-1])))
+        if total <= 0:
+            for p in params:
+                p.grad = None
+            return 0
+        flat[:-1] /= total
+        o = 0
+        for p, n in zip(params, sizes):
+            p.grad = flat[o:o + n].view_as(p).to(p.dtype)
+            o += n
+        return total
+
+    def close(self) -> None:
+        if self.active and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+SINGLE = DistContext()

@@ -93,8 +93,11 @@ def launch(argv: list[str], nproc: int) -> int:
                         p.kill()
                 for p in procs:
                     p.wait()
-                print(f"oocgnn train: error: rank {rank} {_describe(code)}; stopped the other ranks; re-run the "
-                      f"same command to resume from the last checkpoint", file=sys.stderr)
+                # status 2 is a user error the rank already printed in one line: resuming would not help
+                advice = ("fix what its message above says" if code == 2 else
+                          "re-run the same command to resume from the last checkpoint")
+                print(f"oocgnn train: error: rank {rank} {_describe(code)}; stopped the other ranks; {advice}",
+                      file=sys.stderr)
                 return code if code > 0 else 128 - code
             if all(c is not None for c in codes):
                 bad = [c for c in codes if c != 0]

@@ -133,6 +133,9 @@ class Trainer:
         self.train_mask[ds.split("train")] = True
 
         self._build_ring()
+        if dist.active:
+            log.info("rank %d of %d, halo exchange %s: a halo row may miss other ranks' pushes of the last %d "
+                     "step(s)", dist.rank, dist.world_size, dist.exchange, self.peer_lag_bound())
         self._pool: ThreadPoolExecutor | None = None
         self.cache = None  # feature cache, attached by oocgnn.cache when the budget allows
         self.hist_caches: list | None = None  # per-table history caches (same attach)
@@ -334,6 +337,7 @@ class Trainer:
             rec["grad_norm_last"] = self.last_grad_norm
         if self.dist.active:
             rec["world_size"] = self.dist.world_size
+            rec["peer_lag_bound_steps"] = self.peer_lag_bound()
             if self.exchange is not None:
                 rec["exchange_bytes_sent"] = self.exchange.bytes_sent
                 rec["exchange_rows_received"] = self.exchange.rows_received
@@ -345,6 +349,19 @@ class Trainer:
         """Passes (training steps + refreshes) of ``epoch`` from the start (progress bars)."""
         steps = self.batches_per_epoch if self.dist.active else len(self.plan(epoch))
         return self.policy.epoch_length(steps, self.state.global_step)
+
+    def peer_lag_bound(self) -> int:
+        """Steps by which a halo read may miss another rank's newest pushes (0 = exact, as one process).
+
+        The batch of step j is gathered from the start of step j - d on (d = read-ahead
+        depth).  Shared files: at the all-reduce of step i every rank's pushes up to i - 1
+        have landed, so that gather sees every push up to j - d - 2.  All-to-all: rows
+        pushed at step i land on their readers at the end of step i + 1, the same bound.
+        Lockstep (deterministic, shared files): pushes land for everyone before the next read.
+        """
+        if not self.dist.active or self.dist.lockstep:
+            return 0
+        return min(self.cfg.io.prefetch, self.prefetch_depth) + 1
 
     def drain_exchange(self) -> None:
         """Land the halo exchange in flight (cross-host path): epoch ends and checkpoints."""

@@ -2,6 +2,7 @@
 """Throughput of several ranks: batches/s at 1 and 2 ranks, and the bytes they exchange per step.
 
     python benchmarks/bench_distributed.py --nodes 200000 --edges 2000000 --epochs 3
+    python benchmarks/bench_distributed.py --accuracy Planetoid/Cora --seeds 5   # accuracy, 1 vs 2 ranks
 
 Builds a synthetic store (unless ``--store``), then runs the real CLI
 (`oocgnn train`, GCN, `--no-checkpoints`) with 1 rank, 2 ranks sharing history
@@ -11,6 +12,11 @@ first (warm-up); bytes per step are the gradient all-reduce (every rank sends th
 flat gradient: 4 bytes per parameter) and the halo exchange
 (`exchange_bytes_sent` of rank 0's metrics, times the ranks).  Prints a table and
 writes ``benchmarks/out/bench_distributed.json``.
+
+``--accuracy CLASS/NAME`` instead trains a real graph (PyG raw layout under
+``--datasets``; public split, row-normalised features, 20 METIS parts, 2 per batch)
+with each mode for ``--seeds`` seeds and reports test accuracy at best valid,
+mean ± std (``benchmarks/out/bench_distributed_accuracy.json``).
 """
 from __future__ import annotations
 
@@ -60,6 +66,32 @@ def run_mode(store: Path, run: Path, extra: list[str], args: argparse.Namespace)
             "io_wait_fraction": sum(r["io_wait_s"] for r in warm) / t}
 
 
+def accuracy(args: argparse.Namespace) -> None:
+    import statistics
+
+    cls, name = args.accuracy.split("/")
+    with tempfile.TemporaryDirectory(prefix="oocgnn-bench-dist-acc-") as tmp:
+        store = Path(tmp) / "store"
+        oocgnn("prepare", "pyg", "--class", cls, "--name", name, "--root", str(args.datasets / cls), "--out",
+               str(store), "--partitions", "20", "--no-progress")
+        accs: dict[str, list[float]] = {m: [] for m in MODES}
+        for seed in range(args.seeds):  # seeds outermost: load drift hits every mode alike
+            for i, (mode, extra) in enumerate(MODES.items()):
+                run = Path(tmp) / f"run-{seed}-{i}"
+                oocgnn("train", "--data", str(store), "--run-dir", str(run), "--epochs", str(args.accuracy_epochs),
+                       "--parts-per-batch", "2", "--normalize-features", "--weight-decay", "5e-4", "--seed",
+                       str(seed), "--no-checkpoints", "--no-progress", *extra)
+                accs[mode].append(json.loads((run / "summary.json").read_text())["test_acc_at_best_valid"])
+    rows = [("graph", f"{args.accuracy}, 20 parts, 2 per batch, GCN 2x64, {args.accuracy_epochs} epochs")]
+    out = {}
+    for mode, v in accs.items():
+        out[mode] = {"mean": statistics.mean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0, "runs": v}
+        rows.append((mode, f"{100 * out[mode]['mean']:.2f} ± {100 * out[mode]['std']:.2f} ({len(v)} seeds), "
+                           f"worst {100 * min(v):.2f}"))
+    print_table(rows)
+    print(f"wrote {write_json('bench_distributed_accuracy', {'machine': machine(), 'args': vars(args) | {'datasets': str(args.datasets)}, 'results': out})}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--store", type=Path, help="an existing store (default: generate a synthetic one)")
@@ -70,7 +102,15 @@ def main() -> None:
     ap.add_argument("--parts-per-batch", type=int, default=2)
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--accuracy", metavar="CLASS/NAME", help="accuracy sweep on a PyG graph, e.g. Planetoid/Cora")
+    ap.add_argument("--datasets", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "datasets",
+                    help="folder of PyG raw datasets (default ../shared/datasets)")
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--accuracy-epochs", type=int, default=100)
     args = ap.parse_args()
+    if args.accuracy:
+        accuracy(args)
+        return
     with tempfile.TemporaryDirectory(prefix="oocgnn-bench-dist-") as tmp:
         store = args.store
         if store is None:

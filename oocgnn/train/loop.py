@@ -41,6 +41,7 @@ from oocgnn.prefetch import BatchLoader, IOStats, Prefetcher, Slot, advise_rando
 from oocgnn.train.budget import mapped_window, plan_memory
 from oocgnn.train.config import RunConfig
 from oocgnn.train.dist import SINGLE, DistContext
+from oocgnn.train.metrics import AgeTally, read_path_record
 from oocgnn.train.exchange import HaloExchange
 from oocgnn.train.optim import make_optimizer
 from oocgnn.train.policy import EpochPolicy, GASPolicy
@@ -293,14 +294,10 @@ class Trainer:
         written0 = self.histories.bytes_written
         pf = self.prefetcher([a.ranges for a in actions], loader)
         losses: list[float] = []
-        ages_sum = ages_n = never = 0  # pooled over tables and training steps
+        ages = AgeTally()
         for action, batch in zip(actions, pf):
             if action.kind == "train":
-                for a in batch.hist_age:
-                    a = a.numpy()
-                    never += int((a < 0).sum())
-                    ages_sum += int(a[a >= 0].sum())
-                    ages_n += int((a >= 0).sum())
+                ages.add(batch.hist_age)
                 losses.append(self.train_step(batch))
             else:
                 self.refresh(batch)
@@ -323,16 +320,8 @@ class Trainer:
         finite = [v for v in losses if not math.isnan(v)]
         rec: dict[str, Any] = {
             "epoch": st.epoch, "step": st.global_step, "loss": float(np.mean(finite)) if finite else float("nan"),
-            "epoch_time_s": elapsed, "io_wait_s": stats.io_wait_s,
-            "io_wait_fraction": stats.io_wait_s / elapsed if elapsed > 0 else 0.0, "batches": stats.batches,
-            "train_batches": len(losses),
-            "bytes_read": stats.feature_bytes + stats.history_bytes + stats.csr_bytes,
-            "bytes_written": self.histories.bytes_written - written0,
-            "history_bytes_read": stats.history_bytes, "feature_bytes_read": stats.feature_bytes,
-            "halo_rows": stats.halo_rows, "batch_rows": stats.batch_rows,
-            "patched_from_pending": stats.patched_pending, "patched_from_table": stats.patched_table,
-            "stale_rows_read": stats.stale_rows,
-            "hist_age_mean": ages_sum / ages_n if ages_n else None, "hist_never_written": never}
+            "epoch_time_s": elapsed, "train_batches": len(losses),
+            **read_path_record(stats, elapsed, self.histories.bytes_written - written0), **ages.record()}
         if self.cfg.train.grad_clip > 0:
             rec["grad_norm_last"] = self.last_grad_norm
         if self.dist.active:

@@ -55,3 +55,32 @@ class MetricsLog:
 
 def write_summary(run_dir: str | Path, summary: dict[str, Any]) -> None:
     atomic_write_json(Path(run_dir) / SUMMARY, {k: _clean(v) for k, v in summary.items()})
+
+
+class AgeTally:
+    """Ages of the halo history rows an epoch's training steps read, pooled over tables and steps."""
+
+    def __init__(self) -> None:
+        self.total = self.rows = self.never = 0
+
+    def add(self, ages: list[Any]) -> None:
+        """``ages``: one tensor per table, steps since each halo row's last push (-1 = never written)."""
+        for a in ages:
+            a = a.numpy()
+            self.never += int((a < 0).sum())
+            self.total += int(a[a >= 0].sum())
+            self.rows += int((a >= 0).sum())
+
+    def record(self) -> dict[str, Any]:
+        return {"hist_age_mean": self.total / self.rows if self.rows else None, "hist_never_written": self.never}
+
+
+def read_path_record(stats: Any, elapsed: float, bytes_written: int) -> dict[str, Any]:
+    """The epoch's I/O counters (a prefetcher's ``IOStats``) as metrics keys."""
+    return {
+        "io_wait_s": stats.io_wait_s, "io_wait_fraction": stats.io_wait_s / elapsed if elapsed > 0 else 0.0,
+        "batches": stats.batches, "bytes_read": stats.feature_bytes + stats.history_bytes + stats.csr_bytes,
+        "bytes_written": bytes_written, "history_bytes_read": stats.history_bytes,
+        "feature_bytes_read": stats.feature_bytes, "halo_rows": stats.halo_rows, "batch_rows": stats.batch_rows,
+        "patched_from_pending": stats.patched_pending, "patched_from_table": stats.patched_table,
+        "stale_rows_read": stats.stale_rows}

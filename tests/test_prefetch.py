@@ -59,7 +59,7 @@ def _wait_fraction(tr: Trainer, depth: int) -> float:
     pf = tr.prefetcher(tr.plan(0), loader)
     t0 = time.perf_counter()
     for _ in pf:
-        time.sleep(0.05)  # simulated compute, longer than the I/O of one batch
+        time.sleep(0.1)  # simulated compute, 2.5x the I/O of one batch (margin for a loaded box)
     return pf.stats.io_wait_s / (time.perf_counter() - t0)
 
 
@@ -70,7 +70,7 @@ def test_prefetch_hides_latency(store) -> None:
     sync = _wait_fraction(tr, 0)
     ahead = _wait_fraction(tr, 3)
     tr.close()
-    assert sync > 0.25          # two delayed gathers (features, history) per 50 ms of compute
+    assert sync > 0.2           # two delayed gathers (features, history) per 100 ms of compute
     assert ahead < sync / 3     # the read-ahead overlaps them with compute
 
 

@@ -38,7 +38,7 @@ def build_graph(name: str, out: Path, args) -> dict:
     if name == "synthetic":
         from oocgnn.prepare.sources.synthetic import SyntheticSource
 
-        src = SyntheticSource(args.nodes, args.edges, 8, 8, seed=0)
+        src = SyntheticSource(args.nodes, args.edges, 8, 8, seed=0, homophily=args.homophily)
     else:
         from oocgnn.prepare.sources.pyg import PygSource
 
@@ -48,7 +48,7 @@ def build_graph(name: str, out: Path, args) -> dict:
     info = src.info()
     t0 = time.perf_counter()
     r = build_csr(lambda: src.iter_edges(1 << 22), info.num_nodes, out / "indptr.npy", out / "indices.npy", out,
-                  symmetric=True, memory_budget=2 << 30, progress=False)
+                  symmetric=True, memory_budget=args.csr_budget, progress=True)
     shutil.rmtree(out / "scratch", ignore_errors=True)
     return {"num_nodes": info.num_nodes, "num_entries": r.num_entries, "csr_s": time.perf_counter() - t0}
 
@@ -63,7 +63,18 @@ def worker(args) -> None:
     ix = np.load(args.csr / "indices.npy", mmap_mode="r")
     work = args.result.parent / f"{args.result.stem}.work"
     t0 = time.perf_counter()
-    r = partition_graph(ip, ix, args.k, args.method, memory_budget=args.budget, seed=0, progress=False, workdir=work)
+    if args.method == "metis-1.10":  # METIS given the same 1.10 balance slack multilevel uses
+        import pymetis
+
+        from oocgnn.prepare.partition import PartitionResult, edge_cut_fraction
+
+        opts = pymetis.Options(seed=0, ufactor=100)
+        adj = pymetis.CSRAdjacency(np.asarray(ip, np.int64), np.asarray(ix, np.int64))
+        part = np.asarray(pymetis.part_graph(args.k, adjacency=adj, options=opts)[1], np.int32)
+        r = PartitionResult(part, "metis-1.10", edge_cut_fraction(ip, ix, part))
+    else:
+        r = partition_graph(ip, ix, args.k, args.method, memory_budget=args.budget, seed=0, progress=args.progress,
+                            workdir=work)
     elapsed = time.perf_counter() - t0
     sizes = np.bincount(r.part, minlength=args.k)
     levels = [json.loads((d / "DONE").read_text()) for d in sorted(work.glob("level*"), key=lambda p: int(p.name[5:]))]
@@ -80,17 +91,27 @@ def main() -> None:
     ap.add_argument("--edges", type=int, default=10_000_000, help="synthetic graph: directed edges generated")
     ap.add_argument("--ml-budget-fraction", type=float, default=0.125,
                     help="multilevel's budget as a fraction of METIS's estimated need (default 1/8)")
-    ap.add_argument("--methods", default="metis,multilevel,ldg")
+    ap.add_argument("--ml-budget", default=None,
+                    help="multilevel's --memory-budget, e.g. 12GB (overrides --ml-budget-fraction)")
+    ap.add_argument("--homophily", type=float, default=0.6, help="synthetic graph: homophily (generator default 0.6)")
+    ap.add_argument("--csr-budget", default="4GB", help="memory budget of the CSR build")
+    ap.add_argument("--methods", default="metis,metis-1.10,multilevel,ldg",
+                    help="metis-1.10 = METIS with ufactor 100, the balance slack multilevel uses")
+    ap.add_argument("--tag", default="", help="suffix of the JSON file name")
+    ap.add_argument("--progress", action="store_true", help="progress bars in the partitioning runs")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--budget", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--csr", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--k", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--method", help=argparse.SUPPRESS)
-    ap.add_argument("--budget", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         return worker(args)
+    from oocgnn.utils.memory import parse_size
+
+    args.csr_budget = parse_size(args.csr_budget)
 
     from oocgnn.prepare.multilevel import BYTES_PER_NODE
     from oocgnn.prepare.partition import METIS_BYTES_PER_ENTRY
@@ -104,32 +125,40 @@ def main() -> None:
             for k in (int(x) for x in args.parts.split(",")):
                 row = {"graph": name, **g, "parts": k}
                 for method in args.methods.split(","):
-                    budget = (int(args.ml_budget_fraction * metis_need) + BYTES_PER_NODE * g["num_nodes"]
-                              if method == "multilevel" else 16 << 30)
+                    budget = 16 << 30
+                    if method == "multilevel":
+                        budget = (parse_size(args.ml_budget) if args.ml_budget else
+                                  int(args.ml_budget_fraction * metis_need) + BYTES_PER_NODE * g["num_nodes"])
                     out = work / f"{name}-{k}-{method}.json"
                     res = run_and_sample_rss([sys.executable, __file__, "--worker", "--csr", str(work / name),
                                               "--k", str(k), "--method", method, "--budget", str(budget),
-                                              "--result", str(out)])
+                                              "--result", str(out)] + (["--progress"] if args.progress else []))
                     row[method] = {**json.loads(out.read_text()), "wall_s": res["time_s"],
                                    "peak_rss_bytes": res["peak_rss_bytes"], "budget_bytes": budget}
                 if "metis" in row and "multilevel" in row:
                     row["ml_over_metis"] = row["multilevel"]["cut"] / row["metis"]["cut"]
                     row["target_met"] = row["ml_over_metis"] <= 1.15 and row["multilevel"]["max_over_mean"] <= 1.10
+                if "metis-1.10" in row and "multilevel" in row:
+                    row["ml_over_metis_1.10"] = row["multilevel"]["cut"] / row["metis-1.10"]["cut"]
+                if "ldg" in row and "multilevel" in row:
+                    row["ml_over_ldg"] = row["multilevel"]["cut"] / row["ldg"]["cut"]
                 results.append(row)
                 print(json.dumps(row), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     methods = args.methods.split(",")
-    head = ["graph", "nodes", "entries", "parts"] + [f"{m} cut / max:mean / s" for m in methods] + ["ML/METIS", "met"]
+    head = (["graph", "nodes", "entries", "parts"] + [f"{m} cut / max:mean / s" for m in methods]
+            + ["ML/METIS", "ML/METIS-1.10", "ML/LDG", "target met"])
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in results:
         cells = [r["graph"], f"{r['num_nodes']:,}", f"{r['num_entries']:,}", str(r["parts"])]
         cells += [f"{r[m]['cut']:.4f} / {r[m]['max_over_mean']:.3f} / {r[m]['time_s']:.1f}" for m in methods]
-        cells += [f"{r.get('ml_over_metis', float('nan')):.3f}", "yes" if r.get("target_met") else "no"]
+        cells += [f"{r.get(key, float('nan')):.3f}" for key in ("ml_over_metis", "ml_over_metis_1.10", "ml_over_ldg")]
+        cells += ["yes" if r.get("target_met") else ("no" if "target_met" in r else "-")]
         print("| " + " | ".join(cells) + " |")
-    suffix = "" if args.graphs == ",".join(GRAPHS) else "_" + args.graphs.replace(",", "_")
+    suffix = ("" if args.graphs == ",".join(GRAPHS) else "_" + args.graphs.replace(",", "_")) + args.tag
     print("wrote", write_json(f"bench_partition{suffix}", {"machine": machine(), "command": " ".join(sys.argv),
                                                            "ml_budget_fraction": args.ml_budget_fraction,
                                                            "results": results}))

@@ -50,8 +50,9 @@ log = logging.getLogger(__name__)
 VERSION = "oocgnn-multilevel/1"
 #: max part size / mean part size that refinement guarantees.
 IMBALANCE = 1.10
-#: RAM per fine node while multilevel runs: labels, cluster weights, dense
-#: connection scratch (int64), partition, coarse map.
+#: RAM per fine node while multilevel runs, at the peak (clustering: int32
+#: labels, cluster weights and node weights, int64 connection scratch, the int32
+#: relabel and coarse map; contraction adds the int64 degrees and indptr).
 BYTES_PER_NODE = 40
 #: A cluster may hold at most this fraction of a part's weight, so METIS can
 #: still balance the coarse graph.
@@ -61,9 +62,15 @@ _REFINE_PASSES = 6
 _MAX_LEVELS = 24
 #: A level that shrinks the graph by less than this lets clusters grow 2x.
 _MIN_SHRINK = 0.9
+#: Most and fewest CSR entries per streamed block, and what one costs in RAM while
+#: a block is contracted (ids, coarse ids, keys, unique's sort and inverse, weights).
 _BLOCK_ENTRIES = 1 << 22
+_MIN_BLOCK_ENTRIES = 1 << 16
+_BYTES_PER_BLOCK_ENTRY = 96
 #: RAM per key while a contraction bucket is aggregated (keys, weights, unique, inverse).
 _BYTES_PER_KEY = 64
+#: Fewest keys per bucket (tests lower it to exercise many buckets).
+_MIN_BUCKET_KEYS = 1 << 20
 _METIS_UFACTOR = 30
 
 
@@ -75,6 +82,7 @@ class Graph:
     indices: np.ndarray
     eweights: np.ndarray | None = None
     vweights: np.ndarray | None = None
+    block_entries: int = _BLOCK_ENTRIES   #: CSR entries per streamed block (sized from the budget)
 
     @property
     def num_nodes(self) -> int:
@@ -85,11 +93,12 @@ class Graph:
         return int(self.indptr[-1])
 
     def node_weights(self) -> np.ndarray:
-        return np.ones(self.num_nodes, np.int64) if self.vweights is None else np.asarray(self.vweights, np.int64)
+        """int32: a node weight counts fine nodes, and N < 2**31 (checked on entry)."""
+        return np.ones(self.num_nodes, np.int32) if self.vweights is None else np.asarray(self.vweights, np.int32)
 
-    def blocks(self, block_entries: int = _BLOCK_ENTRIES):
+    def blocks(self):
         """Yield ``(first_row, ptr, cols, weights)`` in id order; ptr is relative to cols."""
-        n = self.num_nodes
+        n, block_entries = self.num_nodes, self.block_entries
         row = 0
         while row < n:
             start = int(self.indptr[row])
@@ -106,10 +115,9 @@ class Graph:
             row = stop
 
 
-def _load_level(d: Path) -> tuple[Graph, np.ndarray]:
-    g = Graph(np.load(d / "indptr.npy", mmap_mode="r"), np.load(d / "indices.npy", mmap_mode="r"),
-              np.load(d / "eweights.npy", mmap_mode="r"), np.load(d / "vweights.npy"))
-    return g, np.load(d / "map.npy", mmap_mode="r")
+def _load_level(d: Path, block_entries: int) -> Graph:
+    return Graph(np.load(d / "indptr.npy", mmap_mode="r"), np.load(d / "indices.npy", mmap_mode="r"),
+                 np.load(d / "eweights.npy", mmap_mode="r"), np.load(d / "vweights.npy"), block_entries)
 
 
 def _save_array(path: Path, arr: np.ndarray) -> None:
@@ -128,7 +136,7 @@ def cluster(g: Graph, max_weight: int, progress: bool, desc: str) -> tuple[np.nd
     """Size-constrained label propagation; returns dense cluster ids ``[N]`` and their count."""
     n = g.num_nodes
     vw = g.node_weights()
-    label = np.arange(n, dtype=np.int64)
+    label = np.arange(n, dtype=np.int32)
     cweight = vw.copy()
     conn = np.zeros(n, np.int64)
     touched = np.empty(0, np.int64)
@@ -145,10 +153,10 @@ def cluster(g: Graph, max_weight: int, progress: bool, desc: str) -> tuple[np.nd
             break
     deg = np.diff(np.asarray(g.indptr))
     K.pack_isolated(np.flatnonzero(deg == 0), vw, label, cweight, max_weight)
-    present = np.zeros(n, np.int64)
+    present = np.zeros(n, np.int32)
     present[label] = 1
-    dense = np.cumsum(present) - 1
-    return dense[label].astype(np.int32), int(present.sum())
+    dense = np.cumsum(present, dtype=np.int32) - 1
+    return dense[label], int(present.sum())
 
 
 def contract(g: Graph, cmap: np.ndarray, num_coarse: int, out: Path, budget: int, progress: bool, desc: str) -> Graph:
@@ -156,7 +164,7 @@ def contract(g: Graph, cmap: np.ndarray, num_coarse: int, out: Path, budget: int
     out.mkdir(parents=True, exist_ok=True)
     deg = np.diff(np.asarray(g.indptr))
     bound = np.bincount(cmap, weights=deg, minlength=num_coarse).astype(np.int64)
-    max_keys = max(1 << 20, budget // _BYTES_PER_KEY)
+    max_keys = max(_MIN_BUCKET_KEYS, budget // _BYTES_PER_KEY)
     cum = np.cumsum(bound)
     bounds = [0]
     while bounds[-1] < num_coarse:
@@ -206,21 +214,19 @@ def contract(g: Graph, cmap: np.ndarray, num_coarse: int, out: Path, budget: int
     ip_w.close()
     ix_w.close()
     ew_w.close()
-    vweights = np.bincount(cmap, weights=g.node_weights(), minlength=num_coarse).astype(np.int64)
+    vweights = np.bincount(cmap, weights=g.node_weights(), minlength=num_coarse).astype(np.int32)
     np.save(out / "vweights.npy", vweights)
     np.save(out / "map.npy", cmap)
-    return Graph(np.load(out / "indptr.npy", mmap_mode="r"), np.load(out / "indices.npy", mmap_mode="r"),
-                 np.load(out / "eweights.npy", mmap_mode="r"), vweights)
+    return _load_level(out, g.block_entries)
 
 
 def initial_partition(g: Graph, num_parts: int, seed: int) -> np.ndarray:
     import pymetis
 
     opts = pymetis.Options(seed=int(seed), ufactor=_METIS_UFACTOR)
-    _, membership = pymetis.part_graph(num_parts, xadj=np.asarray(g.indptr, np.int64),
-                                       adjncy=np.asarray(g.indices, np.int64),
-                                       vweights=g.node_weights(), eweights=np.asarray(g.eweights, np.int64),
-                                       options=opts)
+    adjacency = pymetis.CSRAdjacency(np.asarray(g.indptr, np.int64), np.asarray(g.indices, np.int64))
+    _, membership = pymetis.part_graph(num_parts, adjacency=adjacency, vweights=g.node_weights(),
+                                       eweights=np.asarray(g.eweights, np.int64), options=opts)
     return np.asarray(membership, dtype=np.int32)
 
 
@@ -266,11 +272,16 @@ def _rebalance(g: Graph, part: np.ndarray, psize: np.ndarray, cap: int, vw: np.n
 def multilevel_partition(indptr: np.ndarray, indices: np.ndarray, num_parts: int, *, memory_budget: int,
                          seed: int = 0, workdir: Path | None = None, progress: bool = True) -> np.ndarray:
     """Partition a symmetric CSR (memmaps welcome) into ``num_parts`` parts with max/mean <= ``IMBALANCE``."""
-    fine = Graph(indptr, indices)
-    n = fine.num_nodes
-    if memory_budget < BYTES_PER_NODE * n:
+    n = len(indptr) - 1
+    if n >= 2**31:
+        raise ConfigError(f"--partitioner multilevel handles up to 2**31 - 1 nodes (int32 labels); this graph has "
+                          f"{n:,}: use --partitioner ldg")
+    need = BYTES_PER_NODE * n + _MIN_BLOCK_ENTRIES * _BYTES_PER_BLOCK_ENTRY
+    if memory_budget < need:
         raise ConfigError(f"--memory-budget is too small for the multilevel partitioner on {n:,} nodes: it needs "
-                          f"about {BYTES_PER_NODE * n:,} bytes; raise it or use --partitioner ldg")
+                          f"about {need:,} bytes; raise it or use --partitioner ldg")
+    block = (memory_budget - BYTES_PER_NODE * n) // _BYTES_PER_BLOCK_ENTRY
+    fine = Graph(indptr, indices, block_entries=int(min(_BLOCK_ENTRIES, max(_MIN_BLOCK_ENTRIES, block))))
     tmp = None
     if workdir is None:
         tmp = workdir = Path(tempfile.mkdtemp(prefix="oocgnn-multilevel-"))
@@ -310,7 +321,7 @@ def _run(fine: Graph, num_parts: int, budget: int, seed: int, work: Path, progre
                               f"has {levels[-1].num_entries:,} entries; raise --memory-budget or use --partitioner ldg")
         d = work / f"level{i}"
         if (d / "DONE").exists():
-            g, _ = _load_level(d)
+            g = _load_level(d, fine.block_entries)
             max_weight = int(read_json(d / "DONE")["max_weight"])
         else:
             shutil.rmtree(d, ignore_errors=True)

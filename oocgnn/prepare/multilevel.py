@@ -215,8 +215,8 @@ def contract(g: Graph, cmap: np.ndarray, num_coarse: int, out: Path, budget: int
     ix_w.close()
     ew_w.close()
     vweights = np.bincount(cmap, weights=g.node_weights(), minlength=num_coarse).astype(np.int32)
-    np.save(out / "vweights.npy", vweights)
-    np.save(out / "map.npy", cmap)
+    _save_array(out / "vweights.npy", vweights)
+    _save_array(out / "map.npy", cmap)
     return _load_level(out, g.block_entries)
 
 

@@ -7,11 +7,15 @@ so its wall time and peak RSS are its own.  METIS gets a budget it fits in;
 multilevel gets ``--ml-budget-fraction`` of METIS's estimated need, so METIS does
 *not* fit and multilevel has to coarsen on disk first — the situation it is for.
 
+``metis-1.10`` is METIS given the same 1.10 balance slack multilevel may use.
+
 Target: multilevel edge cut <= 1.15x METIS's at the same number of parts, with
 max/mean part size <= 1.10.
 
     python benchmarks/bench_partition.py                      # synthetic 1M/10M, Coauthor CS, Amazon Photo
-    python benchmarks/bench_partition.py --graphs photo --parts 8
+    python benchmarks/bench_partition.py --graphs synthetic --homophily 0.9 --tag _h0.9
+    python benchmarks/bench_partition.py --graphs synthetic --nodes 50000000 --edges 1000000000 \
+        --homophily 0.9 --parts 250 --methods multilevel,ldg --ml-budget 12GB --csr-budget 8GB --tag _50M_1B
 """
 from __future__ import annotations
 
@@ -117,7 +121,7 @@ def main() -> None:
     from oocgnn.prepare.partition import METIS_BYTES_PER_ENTRY
 
     work = Path(tempfile.mkdtemp(prefix="oocgnn-bench-partition-", dir=args.workdir))
-    rows, results = [], []
+    results = []
     try:
         for name in args.graphs.split(","):
             g = build_graph(name, work / name, args)

@@ -27,6 +27,10 @@ Resumable: every level and every refined partition is written atomically under
 ``workdir`` with a marker; a re-run (e.g. after ``kill -9``) loads what is done
 and recomputes the rest.  Every step is sequential and seeded, so the result is
 identical to an uninterrupted run.
+
+Measured (``benchmarks/bench_partition.py``, RESULTS.md): at 1/8 of METIS's memory,
+0.95-1.04x METIS's cut on a 1 M / 10 M synthetic graph, Coauthor CS and Amazon
+Photo at 8 and 64 parts; 50 M nodes / 1.66 B entries in 17 min at 6.5 GB RSS.
 """
 from __future__ import annotations
 

@@ -173,3 +173,31 @@ def test_kill9_during_partitioning_then_rerun_gives_identical_partition(tmp_path
     resumed, clean = open_dataset(store), open_dataset(tmp_path / "clean")
     assert resumed.manifest["partition"]["method"] == "multilevel"
     assert resumed.manifest["checksums"] == clean.manifest["checksums"]  # perm and partition pointer included
+
+
+def test_half_written_level_is_redone_and_finished_levels_reused(community_csr, tmp_path, monkeypatch):
+    """A crash while the last level was being written (no DONE marker, a truncated
+    file) and before any refined partition was saved: the rerun rebuilds only that
+    level and returns the same partition."""
+    ip, ix = community_csr
+    first = partition_graph(ip, ix, 16, "multilevel", memory_budget=SMALL_BUDGET, progress=False, workdir=tmp_path)
+    top = max(int(p.name[5:]) for p in tmp_path.glob("level*"))
+    (tmp_path / f"level{top}" / "DONE").unlink()
+    with open(tmp_path / f"level{top}" / "indices.npy", "r+b") as f:
+        f.truncate(1000)
+    for p in tmp_path.glob("part*.npy"):
+        p.unlink()
+    calls = []
+    cluster = multilevel.cluster
+    monkeypatch.setattr(multilevel, "cluster", lambda *a, **k: calls.append(1) or cluster(*a, **k))
+    again = partition_graph(ip, ix, 16, "multilevel", memory_budget=SMALL_BUDGET, progress=False, workdir=tmp_path)
+    assert len(calls) == 1 and np.array_equal(again.part, first.part)
+
+
+def test_levels_of_another_run_are_not_reused(community_csr, tmp_path):
+    ip, ix = community_csr
+    partition_graph(ip, ix, 16, "multilevel", memory_budget=SMALL_BUDGET, progress=False, workdir=tmp_path / "w")
+    reused = partition_graph(ip, ix, 8, "multilevel", memory_budget=SMALL_BUDGET, progress=False, workdir=tmp_path / "w")
+    fresh = partition_graph(ip, ix, 8, "multilevel", memory_budget=SMALL_BUDGET, progress=False)
+    assert np.array_equal(reused.part, fresh.part)
+    assert json.loads((tmp_path / "w" / "meta.json").read_text())["num_parts"] == 8

@@ -27,7 +27,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="number of partitions (contiguous id ranges a batch is made of); default from graph size")
     g.add_argument("--partitioner", choices=METHODS, default="auto",
                    help="metis (best cut, graph must fit the budget), multilevel (out of core: coarsen on disk "
-                        "until METIS fits, refine back; near-METIS cut), ldg (streaming, one pass, weaker cut), "
+                        "until METIS fits, refine back; near-METIS cut), ldg (restreaming, 3 passes, weaker cut), "
                         "range (source order); auto = metis when it fits --memory-budget, else multilevel "
                         "(ldg if not even that fits)")
     g.add_argument("--undirected", action=argparse.BooleanOptionalAction, default=True,

@@ -52,6 +52,14 @@ def test_prepare_synthetic(tmp_path):
     assert ds.num_nodes == 3000 and ds.num_features == 8 and ds.num_classes == 4
 
 
+def test_prepare_synthetic_multilevel(tmp_path):
+    out = tmp_path / "store"
+    assert main(["prepare", "synthetic", "--nodes", "3000", "--edges", "20000", "--features", "4", "--classes", "4",
+                 "--partitioner", "multilevel", "--partitions", "6", "--out", str(out), "--no-progress"]) == 0
+    part = open_dataset(out).manifest["partition"]
+    assert part["method"] == "multilevel" and part["max_size"] <= 1.10 * 3000 / 6
+
+
 class _CrashAfterOneBlock(Papers100MSource):
     def iter_features(self, block_rows):
         yield next(iter(super().iter_features(100)))

@@ -39,9 +39,10 @@ def test_methods_balanced_and_ordered_by_quality(community_csr):
     assert cuts["metis"] < 0.3 and cuts["range"] > 0.8
 
 
-def test_auto_picks_metis_only_when_it_fits():
+def test_auto_picks_metis_only_when_it_fits_else_multilevel_else_ldg():
     assert choose_method("auto", 1000, 10_000, 1 << 30) == "metis"
-    assert choose_method("auto", 10**8, 3 * 10**9, 12 * 10**9) == "ldg"
+    assert choose_method("auto", 10**8, 3 * 10**9, 12 * 10**9) == "multilevel"
+    assert choose_method("auto", 10**9, 3 * 10**10, 12 * 10**9) == "ldg"
     with pytest.raises(ConfigError, match="--partitioner"):
         choose_method("spectral", 10, 10, 10)
 

@@ -26,8 +26,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--partitions", type=int, default=None,
                    help="number of partitions (contiguous id ranges a batch is made of); default from graph size")
     g.add_argument("--partitioner", choices=METHODS, default="auto",
-                   help="metis (best cut, graph must fit the budget), ldg (streaming), range (source order); "
-                        "auto = metis when it fits --memory-budget, else ldg")
+                   help="metis (best cut, graph must fit the budget), multilevel (out of core: coarsen on disk "
+                        "until METIS fits, refine back; near-METIS cut), ldg (restreaming, 3 passes, weaker cut), "
+                        "range (source order); auto = metis when it fits --memory-budget, else multilevel "
+                        "(ldg if not even that fits)")
     g.add_argument("--undirected", action=argparse.BooleanOptionalAction, default=True,
                    help="add reverse edges as OGB baselines do (default on); --no-undirected keeps directions")
     g.add_argument("--feature-dtype", choices=("float32", "float16"), default="float32",

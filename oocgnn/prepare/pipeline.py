@@ -7,7 +7,8 @@ finished stage and produces an identical store):
 ``scratch``   source-specific derivations (spills, MAG240M author features), run on
               every start because sources track their own done-markers;
 ``csr_orig``  symmetric CSR in original ids, out of core (for partitioning);
-``partition`` METIS or streaming LDG; records the edge-cut fraction;
+``partition`` METIS, multilevel or streaming LDG; records the edge-cut fraction
+              (multilevel keeps its own level markers in ``.work/multilevel``);
 ``csr``       final CSR in store ids (partitions are contiguous id ranges);
 ``features``  features permuted into store order (two sequential passes if big);
 ``meta``      labels, splits, perm, partition pointer as zarr arrays, manifest.
@@ -198,7 +199,7 @@ def prepare_store(source: GraphSource, out: str | Path, options: PrepareOptions 
         ix = np.load(work / "orig_indices.npy", mmap_mode="r")
         num_parts = options.partitions or default_num_partitions(n)
         r = partition_graph(ip, ix, num_parts, options.partitioner, memory_budget=memory_budget,
-                            seed=options.seed, progress=progress)
+                            seed=options.seed, progress=progress, workdir=work / "multilevel")
         perm = np.argsort(r.part, kind="stable").astype(np.int64)
         ptr = np.concatenate([[0], np.cumsum(np.bincount(r.part, minlength=num_parts))]).astype(np.int64)
         np.save(work / "perm.npy", perm)

@@ -160,3 +160,21 @@ def test_refusals_are_one_line(cora, tmp_path) -> None:
     one = train(cora, tmp_path / "c", "--epochs", "3", "--checkpoint-every", "3", *CORA_ARGS)
     assert one.returncode == 2 and "trained with 2 rank(s)" in one.stderr
     assert len(one.stderr.strip().splitlines()) == 1
+
+
+def test_same_entry_point_under_torchrun(cora, tmp_path) -> None:
+    """torchrun starts the ranks (RANK, WORLD_SIZE, MASTER_ADDR from its environment): the same run, one summary."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2", "--master-port",
+           str(port), "-m", "oocgnn.cli.main", "train", "--data", str(cora), "--run-dir", str(tmp_path / "run"),
+           "--epochs", "2", *CORA_ARGS]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert summary(tmp_path / "run")["world_size"] == 2
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2
+    both = train(cora, tmp_path / "run", "--epochs", "2", "--nproc-per-node", "2", *CORA_ARGS)  # same run, requeued
+    assert both.returncode == 0 and "already holds this finished run" in both.stderr

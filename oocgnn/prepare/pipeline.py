@@ -227,10 +227,12 @@ def prepare_store(source: GraphSource, out: str | Path, options: PrepareOptions 
     csr = stages.run("csr", csr_final)
 
     def features() -> dict[str, Any]:
-        c = write_permuted_features(source.iter_features(max(1, (64 << 20) // max(1, info.num_features * 4))),
+        rows = max(1, (64 << 20) // max(1, info.num_features * 4))
+        again = (lambda: source.iter_features(rows)) if getattr(source, "cheap_feature_rereads", False) else None
+        c = write_permuted_features(source.iter_features(rows),
                                     inv_perm, out / fmt.FEATURES, work, num_features=info.num_features,
                                     dtype=options.feature_dtype, memory_budget=memory_budget, what=what,
-                                    progress=progress)
+                                    progress=progress, blocks_again=again)
         return {"checksums": {fmt.FEATURES: c}}
 
     feats = stages.run("features", features)
@@ -243,6 +245,7 @@ def prepare_store(source: GraphSource, out: str | Path, options: PrepareOptions 
     atomic_write_json(out / "prepare_report.json", report)
     atomic_write_json(out / fmt.COMPLETE, {"schema_version": fmt.SCHEMA_VERSION})
     (out / fmt.BUILDING).unlink(missing_ok=True)
+    getattr(source, "close", lambda: None)()  # a source's background spill must not write into a deleted folder
     shutil.rmtree(work, ignore_errors=True)
     return open_dataset(out)
 

@@ -67,6 +67,11 @@ class BackgroundSpill:
             raise RuntimeError(f"the spill of {self.path} member {self.member} was cancelled")
         return self._info
 
+    def raise_if_failed(self) -> None:
+        """Re-raise the spill's error now if it already failed (fail fast, not stages later)."""
+        if self._error is not None:
+            raise self._error
+
     def close(self) -> None:
         self._stop.set()
         self._thread.join()

@@ -205,7 +205,10 @@ class Papers100MSource:
     def iter_edges(self, block_edges: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         edges = self._shapes["edges"]  # validate before streaming
         if self._edge_spill_path is not None:
-            yield from iter_raw_edge_blocks(self._edge_spill_path, edges, block_edges)
+            for block in iter_raw_edge_blocks(self._edge_spill_path, edges, block_edges):
+                if self._feat_spill is not None:  # a corrupt node_feat stops the build now, not after the CSR
+                    self._feat_spill.raise_if_failed()
+                yield block
         else:
             yield from iter_edge_blocks(self.data_path, "edge_index", block_edges)
 

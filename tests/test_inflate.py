@@ -94,3 +94,15 @@ def test_fallback_to_stdlib_zlib_without_fast_inflaters(npz, monkeypatch):
     assert get_inflater().name == "zlib"
     rows = np.concatenate(list(iter_row_blocks(npz, "feat", 5000)))
     assert rows.tobytes() == FEAT.tobytes()
+
+
+def test_store_checksums_keep_zlib_values():
+    """Store checksums may use ISA-L's crc32: the values must stay zlib's (stores made before still verify)."""
+    import zlib
+
+    from oocgnn.store.checksum import Crc32
+
+    c = Crc32()
+    for block in (FEAT[:1000], FEAT[1000:1001], FEAT[1001:]):
+        c.update(block)
+    assert c.hexdigest() == f"crc32:{zlib.crc32(FEAT.tobytes()) & 0xFFFFFFFF:08x}"

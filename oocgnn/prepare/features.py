@@ -96,8 +96,11 @@ def _range_passes(blocks, blocks_again, inv_perm: np.ndarray, writer: NpyWriter,
         hi = min(lo + range_rows, num_nodes)
         for start, block in _checked_blocks(blocks if k == 0 else blocks_again(), num_nodes, num_features, what):
             new = inv_perm[start:start + len(block)]
-            keep = (new >= lo) & (new < hi)
-            table[new[keep] - lo] = block[keep]
+            if lo == 0 and hi == num_nodes:  # one range: every row is kept
+                table[new] = block
+            else:
+                keep = (new >= lo) & (new < hi)
+                table[new[keep] - lo] = block[keep]
             bar.update(len(block))
         for s in range(0, hi - lo, step):
             writer.append(table[s:min(s + step, hi - lo)])

@@ -92,10 +92,11 @@ class _Stages:
 
     @staticmethod
     def timed(fn: Callable[[], Any]) -> dict[str, Any]:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         with PeakRSSMonitor() as mon:
             fn()
-        return {"time_s": round(time.perf_counter() - t0, 3), "peak_rss_bytes": mon.peak}
+        return {"time_s": round(time.perf_counter() - t0, 3), "peak_rss_bytes": mon.peak,
+                "cpu_s": round(time.process_time() - c0, 3)}
 
     def run(self, name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         info = self.done(name)
@@ -103,11 +104,12 @@ class _Stages:
             log.info("stage %s: already done, skipping", name)
             self.report[name] = {**info.get("_report", {}), "resumed": True}
             return info
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         with PeakRSSMonitor() as mon:
             info = fn()
         elapsed = time.perf_counter() - t0
-        info["_report"] = {"time_s": round(elapsed, 3), "peak_rss_bytes": mon.peak}
+        info["_report"] = {"time_s": round(elapsed, 3), "peak_rss_bytes": mon.peak,
+                           "cpu_s": round(time.process_time() - c0, 3)}  # all threads: > time_s when overlapped
         self.report[name] = info["_report"]
         log.info("stage %s: %.1f s, peak RSS %s", name, elapsed, format_size(mon.peak))
         atomic_write_json(self.dir / f"{name}.json", info)

@@ -2,10 +2,12 @@
 
 Why: OGB's papers100M ships ``np.savez_compressed`` archives (DEFLATE, zip64
 extras), which cannot be memory-mapped and which ``np.load`` would decompress
-whole (26 GB for ``edge_index``, 57 GB for ``node_feat``).  ``zipfile`` decompresses
-a member as a stream in constant memory, so each member is read once,
-sequentially, a block at a time.  ``seek`` on a member re-decompresses from the
-start, so we never seek backwards.
+whole (26 GB for ``edge_index``, 57 GB for ``node_feat``).  A member is inflated
+as a stream in constant memory (:class:`~oocgnn.prepare.readers.inflate.ZipMemberReader`,
+the fastest installed inflater), so each member is read once, sequentially, a
+block at a time.  DEFLATE cannot seek, so we never seek backwards; sources that
+need a member more than once spill it to a raw file first
+(:mod:`oocgnn.prepare.readers.raw_spill`).
 
 Memory order matters (``fortran_order`` in the header):
 

@@ -17,7 +17,7 @@ sequential bandwidth on the same filesystem, and in the same run:
 MB/s figures are uncompressed array bytes per second of wall time.
 
     python benchmarks/bench_prepare.py --nodes 2000000 --edges 20000000 --budget 2GB \
-        --compare-zlib --uncompressed --synthetic --baseline-code /work/main
+        --compare-zlib --uncompressed --synthetic --baseline-code /work/main --repeat 2
 """
 from __future__ import annotations
 
@@ -158,6 +158,8 @@ def main() -> None:
                     help="also prepare the same layout written with np.savez (no DEFLATE)")
     ap.add_argument("--synthetic", action="store_true",
                     help="also run `oocgnn prepare synthetic` with the same nodes, edges and 128 features")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="interleaved rounds of every conversion (and of the zlib reference); the best is reported")
     ap.add_argument("--baseline-code", type=Path, default=None,
                     help="also prepare with the oocgnn package found in this folder (PYTHONPATH), e.g. a "
                          "checkout of the previous version: before / after in one run")
@@ -179,33 +181,43 @@ def main() -> None:
         disk = disk_bandwidth(work)
         inflaters = compare_inflaters(npz)
         drop_caches()
-        zlib_ref = inflate_all_members(npz, "zlib")  # cold, like the prepare run
-        drop_caches()
         zipf = zipfile_inflate(npz)
 
         def prepare(root: Path, out: Path) -> list[str]:
             return ["oocgnn", "prepare", "ogbn-papers100M", "--root", str(root), "--out", str(out),
                     "--memory-budget", args.budget, "--no-progress"]
 
-        runs = {"fast inflater": run_prepare(prepare(work / "in", work / "store"), work / "store")}
+        configs: dict[str, tuple[list[str], dict | None]] = {"fast inflater": (prepare(work / "in", work / "store"), None)}
         if args.baseline_code is not None:
-            runs["baseline code"] = run_prepare(prepare(work / "in", work / "store"), work / "store",
-                                                {"PYTHONPATH": str(args.baseline_code.resolve())})
+            configs["baseline code"] = (prepare(work / "in", work / "store"),
+                                        {"PYTHONPATH": str(args.baseline_code.resolve())})
         if args.compare_zlib:
-            runs["zlib fallback"] = run_prepare(prepare(work / "in", work / "store"), work / "store",
-                                                {"OOCGNN_INFLATER": "zlib"})
+            configs["zlib fallback"] = (prepare(work / "in", work / "store"), {"OOCGNN_INFLATER": "zlib"})
         if args.uncompressed:
             generate("in_raw", False)
-            runs["uncompressed npz"] = run_prepare(prepare(work / "in_raw", work / "store"), work / "store")
+            configs["uncompressed npz"] = (prepare(work / "in_raw", work / "store"), None)
         if args.synthetic:
-            runs["synthetic"] = run_prepare(
-                ["oocgnn", "prepare", "synthetic", "--nodes", str(args.nodes), "--edges", str(args.edges),
-                 "--features", "128", "--out", str(work / "store"), "--memory-budget", args.budget,
-                 "--no-progress"], work / "store")
+            configs["synthetic"] = (["oocgnn", "prepare", "synthetic", "--nodes", str(args.nodes), "--edges",
+                                     str(args.edges), "--features", "128", "--out", str(work / "store"),
+                                     "--memory-budget", args.budget, "--no-progress"], None)
+        # Interleaved rounds, best of each: the box is shared, and a neighbour's burst
+        # should not decide a comparison.  The zlib reference is re-measured every round too.
+        trials: dict[str, list[dict]] = {name: [] for name in configs}
+        ref_trials: list[dict] = []
+        for _ in range(args.repeat):
+            drop_caches()
+            ref_trials.append(inflate_all_members(npz, "zlib"))  # cold, like the prepare runs
+            for name, (cmd, env_extra) in configs.items():
+                trials[name].append(run_prepare(cmd, work / "store", env_extra))
+        zlib_ref = {**min(ref_trials, key=lambda r: r["time_s"]), "trials": ref_trials}
+        runs = {name: {**min(t, key=lambda r: r["time_s"]), "trials": [
+            {k: r[k] for k in ("time_s", "cpu_s", "peak_rss_bytes", "loadavg_1min_before")} for r in t]}
+            for name, t in trials.items()}
         for r in runs.values():
             r["Bps"] = input_bytes / r["time_s"]
             r["ratio_to_disk_read"] = r["Bps"] / disk["seq_read_Bps"]
             r["inflate_time_over_prepare_time"] = zlib_ref["time_s"] / r["time_s"]
+            r["peak_rss_bytes"] = max(t["peak_rss_bytes"] for t in r["trials"])
             r["rss_under_budget"] = r["peak_rss_bytes"] <= budget
         main_run = runs["fast inflater"]
         result = {
@@ -230,12 +242,12 @@ def main() -> None:
             rows.append((f"  both members on 2 threads, {backend}",
                          f"{tt['wall_s']:.2f} s vs {tt['serial_s']:.2f} s serial (x{tt['speedup']:.2f})"))
         rows += [
-            ("zlib alone, all members (cold)", f"{zlib_ref['time_s']:.1f} s ({mb(zlib_ref['Bps'])}), "
+            (f"zlib alone, all members (cold, best of {args.repeat})", f"{zlib_ref['time_s']:.1f} s ({mb(zlib_ref['Bps'])}), "
                                                f"CPU {zlib_ref['cpu_s']:.1f} s; zipfile {zipf['time_s']:.1f} s"),
         ]
         for name, r in runs.items():
             rows += [
-                (f"prepare [{name}]", f"{r['time_s']:.1f} s (CPU {r['cpu_s']:.1f} s, load {r['loadavg_1min_before']:.1f}), "
+                (f"prepare [{name}] (best of {args.repeat})", f"{r['time_s']:.1f} s (CPU {r['cpu_s']:.1f} s, load {r['loadavg_1min_before']:.1f}), "
                                       f"{mb(r['Bps'])}, {r['ratio_to_disk_read']:.2f} of disk read, "
                                       f"zlib-inflate time / prepare time {r['inflate_time_over_prepare_time']:.2f}"),
                 ("  peak RSS / budget", f"{format_size(r['peak_rss_bytes'])} / {format_size(budget)}"

@@ -17,7 +17,9 @@ sequential bandwidth on the same filesystem, and in the same run:
 MB/s figures are uncompressed array bytes per second of wall time.
 
     python benchmarks/bench_prepare.py --nodes 2000000 --edges 20000000 --budget 2GB \
-        --compare-zlib --uncompressed --synthetic --baseline-code /work/main --repeat 3
+        --compare-zlib --uncompressed --synthetic --baseline-code /tmp/base --repeat 3
+
+(`/tmp/base`: the previous code, e.g. `git archive <commit> oocgnn | tar -x -C /tmp/base`.)
 """
 from __future__ import annotations
 

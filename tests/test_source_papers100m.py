@@ -88,12 +88,14 @@ def test_fortran_features_spill_once(tmp_path):
     with pytest.raises(RuntimeError, match="prepare_scratch"):
         next(src.iter_features(100))
     src.prepare_scratch(tmp_path / "w")
+    np.testing.assert_array_equal(np.concatenate(list(src.iter_features(64))),  # waits for the spill thread
+                                  np.load(d / "raw" / "data.npz")["node_feat"])
     spill = tmp_path / "w" / "papers100M_node_feat.F.raw"
     mtime = spill.stat().st_mtime_ns
-    Papers100MSource(d).prepare_scratch(tmp_path / "w")
+    again = Papers100MSource(d)
+    again.prepare_scratch(tmp_path / "w")
+    next(again.iter_features(64))
     assert spill.stat().st_mtime_ns == mtime
-    np.testing.assert_array_equal(np.concatenate(list(src.iter_features(64))),
-                                  np.load(d / "raw" / "data.npz")["node_feat"])
 
 
 def _rewrite_npz(path, **changes):

@@ -15,7 +15,9 @@ the memory budget.
    column ids to ``indices.npy`` and the row counts to ``indptr``.
 
 Keys sort by (row, col), so every neighbour list comes out sorted.  All offsets
-are int64; column ids are int32 while ``N < 2**31``.
+are int64; column ids are int32 while ``N < 2**31``.  The per-edge work of each
+pass is one numba loop (:mod:`oocgnn.prepare.csr_kernels`), not a chain of numpy
+temporaries.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from oocgnn.errors import InputError, translate_os_error
+from oocgnn.prepare.csr_kernels import bucket_keys, count_entries, dedupe_decode
 from oocgnn.store.format import indices_dtype
 from oocgnn.store.npyfile import NpyWriter
 from oocgnn.utils.mapped import release_pages
@@ -41,8 +44,6 @@ EdgeBlocks = Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]
 #: (key 8 + duplicate mask 1 + compacted copy 8, plus slack; 20 measured 0.15 % over
 #: a 12 GB budget on 2 B entries).
 _SORT_BYTES_PER_KEY = 22
-#: Keys decoded to (row, col) at a time after sorting.
-_DECODE_SLICE = 1 << 24
 
 
 @dataclass
@@ -72,21 +73,14 @@ def _validated(src: np.ndarray, dst: np.ndarray, num_nodes: int, what: str, bloc
     return src, dst
 
 
-def _entries(edge_blocks: EdgeBlocks, num_nodes: int, symmetric: bool, relabel: np.ndarray | None,
-             what: str, stats: dict) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Validated (row, col) entries: self-loops dropped, relabelled, symmetrised."""
+def _int64_blocks(edge_blocks: EdgeBlocks, num_nodes: int, what: str) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """``(block_no, src, dst)`` as flat int64 arrays of equal length (ids are checked by the kernels)."""
     for k, (src, dst) in enumerate(edge_blocks()):
-        src, dst = _validated(src, dst, num_nodes, what, k)
-        stats["input_edges"] += src.size
-        keep = src != dst
-        stats["self_loops"] += int(src.size - keep.sum())
-        if not keep.all():
-            src, dst = src[keep], dst[keep]
-        if relabel is not None:
-            src, dst = relabel[src], relabel[dst]
-        if symmetric:
-            src, dst = np.concatenate([src, dst]), np.concatenate([dst, src])
-        yield src, dst
+        src = np.ascontiguousarray(src, dtype=np.int64).reshape(-1)
+        dst = np.ascontiguousarray(dst, dtype=np.int64).reshape(-1)
+        if src.shape != dst.shape:
+            _validated(src, dst, num_nodes, what, k)  # raises the one-line error
+        yield k, src, dst
 
 
 def max_bucket_rows(num_nodes: int) -> int:
@@ -123,12 +117,16 @@ def build_csr(edge_blocks: EdgeBlocks, num_nodes: int, out_indptr: Path, out_ind
     """
     workdir.mkdir(parents=True, exist_ok=True)
     stats = {"input_edges": 0, "self_loops": 0}
-    factor = 2 if symmetric else 1
+    relabel_arr = np.empty(0, dtype=np.int64) if relabel is None else np.ascontiguousarray(relabel, dtype=np.int64)
     counts = np.zeros(num_nodes, dtype=np.int64)
     with tqdm(total=edges_hint or None, unit="edge", unit_scale=True, desc="CSR 1/3 count", disable=not progress) as bar:
-        for rows, _ in _entries(edge_blocks, num_nodes, symmetric, relabel, what, stats):
-            counts += np.bincount(rows, minlength=num_nodes)
-            bar.update(rows.size // factor)
+        for k, src, dst in _int64_blocks(edge_blocks, num_nodes, what):
+            loops, ok = count_entries(src, dst, num_nodes, relabel_arr, symmetric, counts)
+            if not ok:
+                _validated(src, dst, num_nodes, what, k)  # raises the one-line error
+            stats["input_edges"] += src.size
+            stats["self_loops"] += int(loops)
+            bar.update(src.size)
     total = int(counts.sum())
     max_keys = max(1024, memory_budget // _SORT_BYTES_PER_KEY)
     bounds = _bucket_bounds(counts, max_keys, num_nodes)
@@ -140,20 +138,18 @@ def build_csr(edge_blocks: EdgeBlocks, num_nodes: int, out_indptr: Path, out_ind
     bucket_dir.mkdir(parents=True)
     files = [open(bucket_dir / f"{b:05d}.keys", "wb") for b in range(num_buckets)]
     try:
-        stats = {"input_edges": 0, "self_loops": 0}
+        keys = np.empty(0, dtype=np.int64)  # grown to the largest block, then reused
+        offsets = np.zeros(num_buckets + 1, dtype=np.int64)
         with tqdm(total=edges_hint or None, unit="edge", unit_scale=True, desc="CSR 2/3 scatter", disable=not progress) as bar:
-            for rows, cols in _entries(edge_blocks, num_nodes, symmetric, relabel, what, stats):
-                if num_buckets == 1:
-                    files[0].write(memoryview(rows * num_nodes + cols))
-                else:
-                    bucket = np.searchsorted(bounds, rows, side="right") - 1
-                    order = np.argsort(bucket, kind="stable")
-                    rows, cols, bucket = rows[order], cols[order], bucket[order]
-                    cuts = np.searchsorted(bucket, np.arange(num_buckets + 1))
-                    for b in np.flatnonzero(np.diff(cuts)):
-                        s, e = cuts[b], cuts[b + 1]
-                        files[b].write(memoryview((rows[s:e] - bounds[b]) * num_nodes + cols[s:e]))
-                bar.update(rows.size // factor)
+            for k, src, dst in _int64_blocks(edge_blocks, num_nodes, what):
+                if keys.size < 2 * src.size:
+                    keys = np.empty(2 * src.size, dtype=np.int64)
+                if not bucket_keys(src, dst, num_nodes, relabel_arr, symmetric, bounds, keys, offsets):
+                    _validated(src, dst, num_nodes, what, k)  # raises the one-line error
+                for b in np.flatnonzero(np.diff(offsets)):
+                    files[b].write(memoryview(keys[offsets[b]:offsets[b + 1]]))
+                bar.update(src.size)
+        del keys
     except OSError as exc:
         raise translate_os_error(exc, bucket_dir, "writing sort buckets in") from exc
     finally:
@@ -171,18 +167,12 @@ def build_csr(edge_blocks: EdgeBlocks, num_nodes: int, out_indptr: Path, out_ind
                 keys = np.fromfile(path, dtype=np.int64)
                 path.unlink()
                 keys.sort()
-                if keys.size > 1:
-                    keep = np.empty(keys.size, dtype=bool)
-                    keep[0] = True
-                    np.not_equal(keys[1:], keys[:-1], out=keep[1:])
-                    keys = keys[keep]
-                    del keep
                 row_counts = np.zeros(int(bounds[b + 1] - bounds[b]), dtype=np.int64)
-                for s in range(0, keys.size, _DECODE_SLICE):  # slices: no full-size row/col copies
-                    local_rows, cols = np.divmod(keys[s:s + _DECODE_SLICE], num_nodes)
-                    row_counts += np.bincount(local_rows, minlength=row_counts.size)
-                    indices.append(cols)
+                cols = np.empty(keys.size, dtype=indices.dtype)
+                kept = dedupe_decode(keys, num_nodes, row_counts, cols)
                 del keys
+                indices.append(cols[:kept])
+                del cols
                 indptr.append(offset + np.cumsum(row_counts, dtype=np.int64))
                 offset += int(row_counts.sum())
                 bar.update(1)

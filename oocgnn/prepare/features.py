@@ -2,16 +2,22 @@
 
 Sources stream features in their original order; the store wants row ``i`` to be
 original row ``perm[i]``.  Gathering rows at random from a 57 GB file would be
-random I/O, so when the matrix does not fit the budget we do two sequential
-passes instead: scatter each source block into per-range bucket files (rows
-tagged with their new id), then load one bucket at a time, place its rows, and
-append it to ``features.npy``.
+random I/O, so the rows are placed in a RAM table of store rows and the table
+is written out in order.  When the matrix is larger than the table:
+
+* if the source re-reads at disk speed (an uncompressed or already spilled
+  input, ``blocks_again``) and at most :data:`MAX_RANGE_PASSES` tables cover
+  it, it is read once per range of store rows, keeping the rows that fall in
+  the range: no intermediate files, one write;
+* otherwise each source block is scattered into per-range bucket files (rows
+  tagged with their new id), then one bucket at a time is loaded, placed, and
+  appended to ``features.npy`` (an extra write and read of the whole matrix).
 """
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -34,17 +40,35 @@ def _checked_blocks(blocks: Iterable[np.ndarray], num_nodes: int, num_features: 
         raise InputError(f"{what}: only {seen} of {num_nodes} feature rows; the feature file is truncated")
 
 
+#: Most sequential read passes over a cheaply re-readable source before bucket
+#: files win: buckets cost one extra write and one extra read of the matrix.
+MAX_RANGE_PASSES = 2
+#: RAM kept free beside the table for a source block and its masked copies.
+_BLOCK_RESERVE = 4 * (64 << 20)
+
+
 def write_permuted_features(blocks: Iterable[np.ndarray], inv_perm: np.ndarray, out: Path, workdir: Path, *,
                             num_features: int, dtype: str, memory_budget: int, what: str,
-                            progress: bool = True) -> str:
-    """Write ``features.npy`` with row ``inv_perm[j]`` = source row ``j``; returns its checksum."""
+                            progress: bool = True,
+                            blocks_again: Callable[[], Iterable[np.ndarray]] | None = None) -> str:
+    """Write ``features.npy`` with row ``inv_perm[j]`` = source row ``j``; returns its checksum.
+
+    ``blocks_again``: a factory of fresh iterators over the same rows, given only
+    when re-reading the source is about as cheap as reading a file (see module doc).
+    """
     num_nodes = len(inv_perm)
     dtype = np.dtype(dtype)
     row_bytes = num_features * dtype.itemsize
+    table_rows = max(1, (memory_budget - _BLOCK_RESERVE) // max(row_bytes, 1))
+    passes = -(-num_nodes // table_rows)
     writer = NpyWriter(out, dtype, row_shape=(num_features,))
     bar = tqdm(total=num_nodes, unit="row", unit_scale=True, desc="features", disable=not progress)
     try:
-        if num_nodes * row_bytes <= memory_budget // 2:
+        if blocks_again is not None and passes <= MAX_RANGE_PASSES:
+            bar.reset(total=num_nodes * passes)
+            _range_passes(blocks, blocks_again, inv_perm, writer, -(-num_nodes // passes), num_features, dtype,
+                          what, bar)
+        elif num_nodes * row_bytes <= memory_budget // 2:
             table = np.empty((num_nodes, num_features), dtype=dtype)
             for start, block in _checked_blocks(blocks, num_nodes, num_features, what):
                 table[inv_perm[start:start + len(block)]] = block
@@ -60,6 +84,26 @@ def write_permuted_features(blocks: Iterable[np.ndarray], inv_perm: np.ndarray, 
         raise
     finally:
         bar.close()
+
+
+def _range_passes(blocks, blocks_again, inv_perm: np.ndarray, writer: NpyWriter, range_rows: int,
+                  num_features: int, dtype: np.dtype, what: str, bar) -> None:
+    """One read of the source per range of ``range_rows`` store rows; each range is written whole."""
+    num_nodes = len(inv_perm)
+    table = np.empty((min(range_rows, num_nodes), num_features), dtype=dtype)
+    step = max(1, (64 << 20) // max(num_features * dtype.itemsize, 1))
+    for k, lo in enumerate(range(0, num_nodes, range_rows)):
+        hi = min(lo + range_rows, num_nodes)
+        for start, block in _checked_blocks(blocks if k == 0 else blocks_again(), num_nodes, num_features, what):
+            new = inv_perm[start:start + len(block)]
+            if lo == 0 and hi == num_nodes:  # one range: every row is kept
+                table[new] = block
+            else:
+                keep = (new >= lo) & (new < hi)
+                table[new[keep] - lo] = block[keep]
+            bar.update(len(block))
+        for s in range(0, hi - lo, step):
+            writer.append(table[s:min(s + step, hi - lo)])
 
 
 def _bucketed(blocks, inv_perm, writer: NpyWriter, workdir: Path, num_features: int, dtype: np.dtype,

@@ -93,10 +93,11 @@ class _Stages:
 
     @staticmethod
     def timed(fn: Callable[[], Any]) -> dict[str, Any]:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         with PeakRSSMonitor() as mon:
             fn()
-        return {"time_s": round(time.perf_counter() - t0, 3), "peak_rss_bytes": mon.peak}
+        return {"time_s": round(time.perf_counter() - t0, 3), "peak_rss_bytes": mon.peak,
+                "cpu_s": round(time.process_time() - c0, 3)}
 
     def run(self, name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         info = self.done(name)
@@ -104,11 +105,12 @@ class _Stages:
             log.info("stage %s: already done, skipping", name)
             self.report[name] = {**info.get("_report", {}), "resumed": True}
             return info
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         with PeakRSSMonitor() as mon:
             info = fn()
         elapsed = time.perf_counter() - t0
-        info["_report"] = {"time_s": round(elapsed, 3), "peak_rss_bytes": mon.peak}
+        info["_report"] = {"time_s": round(elapsed, 3), "peak_rss_bytes": mon.peak,
+                           "cpu_s": round(time.process_time() - c0, 3)}  # all threads: > time_s when overlapped
         self.report[name] = info["_report"]
         log.info("stage %s: %.1f s, peak RSS %s", name, elapsed, format_size(mon.peak))
         atomic_write_json(self.dir / f"{name}.json", info)
@@ -228,10 +230,12 @@ def prepare_store(source: GraphSource, out: str | Path, options: PrepareOptions 
     csr = stages.run("csr", csr_final)
 
     def features() -> dict[str, Any]:
-        c = write_permuted_features(source.iter_features(max(1, (64 << 20) // max(1, info.num_features * 4))),
+        rows = max(1, (64 << 20) // max(1, info.num_features * 4))
+        again = (lambda: source.iter_features(rows)) if getattr(source, "cheap_feature_rereads", False) else None
+        c = write_permuted_features(source.iter_features(rows),
                                     inv_perm, out / fmt.FEATURES, work, num_features=info.num_features,
                                     dtype=options.feature_dtype, memory_budget=memory_budget, what=what,
-                                    progress=progress)
+                                    progress=progress, blocks_again=again)
         return {"checksums": {fmt.FEATURES: c}}
 
     feats = stages.run("features", features)
@@ -244,6 +248,7 @@ def prepare_store(source: GraphSource, out: str | Path, options: PrepareOptions 
     atomic_write_json(out / "prepare_report.json", report)
     atomic_write_json(out / fmt.COMPLETE, {"schema_version": fmt.SCHEMA_VERSION})
     (out / fmt.BUILDING).unlink(missing_ok=True)
+    getattr(source, "close", lambda: None)()  # a source's background spill must not write into a deleted folder
     shutil.rmtree(work, ignore_errors=True)
     return open_dataset(out)
 

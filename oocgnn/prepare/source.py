@@ -65,4 +65,9 @@ class GraphSource(Protocol):
         """Optional: derive inputs into ``workdir`` (e.g. MAG240M author features).
 
         Called once before streaming; must be resumable (skip work already done).
+
+        Optional extras the builder looks for with ``getattr``: a bool attribute
+        ``cheap_feature_rereads`` (features re-read at file speed, so the feature
+        stage may read them twice instead of writing bucket files) and ``close()``
+        (stop background work such as a spill thread).
         """

@@ -1,6 +1,7 @@
 """Streaming content checksums (crc32) for store arrays.
 
-crc32 from zlib runs at several GB/s, so checksumming while writing costs far
+crc32 runs at several GB/s (zlib) to ~20 GB/s (ISA-L's, used when ``isal`` is
+installed; the values are identical), so checksumming while writing costs far
 less than the write itself, and ``inspect --verify`` can re-check a store at disk
 speed.  Values are strings ``"crc32:%08x"`` so the algorithm can change later.
 """
@@ -10,6 +11,11 @@ import zlib
 from typing import Iterable
 
 import numpy as np
+
+try:  # same CRC-32 values as zlib's, ~4x faster (ISA-L); zlib when isal is not installed
+    from isal.isal_zlib import crc32 as _crc32
+except ImportError:  # pragma: no cover - depends on the environment
+    _crc32 = zlib.crc32
 
 _BLOCK_BYTES = 64 << 20
 
@@ -23,7 +29,7 @@ class Crc32:
     def update(self, block: np.ndarray | bytes | memoryview) -> None:
         if isinstance(block, np.ndarray):
             block = np.ascontiguousarray(block).view(np.uint8).reshape(-1)
-        self.value = zlib.crc32(block, self.value)
+        self.value = _crc32(block, self.value)
 
     def hexdigest(self) -> str:
         return f"crc32:{self.value & 0xFFFFFFFF:08x}"

@@ -36,9 +36,12 @@ def _edges(rng: np.random.Generator, num_src: int, num_dst: int, num_edges: int,
 def make_papers100m_fixture(
     root: str | Path, num_nodes: int = 2003, num_edges: int = 9001, *, num_features: int = 128,
     num_classes: int = 172, fortran: bool = False, seed: int = 0, with_split_dict: bool = False,
-    folder_name: str = "ogbn_papers100M", labelled_fraction: float = 0.3,
+    folder_name: str = "ogbn_papers100M", labelled_fraction: float = 0.3, compressed: bool = True,
 ) -> Path:
     """Write ``root/<folder_name>`` like an extracted ``papers100M-bin.zip``; returns that folder.
+
+    ``compressed=False`` writes ``data.npz`` with ``np.savez`` (stored members, the
+    same layout without DEFLATE: what a converter does past inflating).
 
     ``fortran=True`` stores ``edge_index`` and ``node_feat`` column-major (the
     unknown real order; both variants must work).  Only split nodes are labelled
@@ -67,7 +70,7 @@ def make_papers100m_fixture(
     feat = rng.standard_normal((n, num_features)).astype(np.float32)
     if fortran:
         edge_index, feat = np.asfortranarray(edge_index), np.asfortranarray(feat)
-    np.savez_compressed(
+    (np.savez_compressed if compressed else np.savez)(
         d / "raw" / "data.npz", edge_index=edge_index, num_nodes_list=np.array([n], dtype=np.int64),
         num_edges_list=np.array([num_edges], dtype=np.int64), node_feat=feat, node_year=year)
     np.savez_compressed(d / "raw" / "node-label.npz", node_label=label)

@@ -2,10 +2,12 @@
 
 Why: OGB's papers100M ships ``np.savez_compressed`` archives (DEFLATE, zip64
 extras), which cannot be memory-mapped and which ``np.load`` would decompress
-whole (26 GB for ``edge_index``, 57 GB for ``node_feat``).  ``zipfile`` decompresses
-a member as a stream in constant memory, so each member is read once,
-sequentially, a block at a time.  ``seek`` on a member re-decompresses from the
-start, so we never seek backwards.
+whole (26 GB for ``edge_index``, 57 GB for ``node_feat``).  A member is inflated
+as a stream in constant memory (:class:`~oocgnn.prepare.readers.inflate.ZipMemberReader`,
+the fastest installed inflater), so each member is read once, sequentially, a
+block at a time.  DEFLATE cannot seek, so we never seek backwards; sources that
+need a member more than once spill it to a raw file first
+(:mod:`oocgnn.prepare.readers.raw_spill`).
 
 Memory order matters (``fortran_order`` in the header):
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -34,11 +37,12 @@ from typing import IO, Iterator
 import numpy as np
 
 from oocgnn.errors import InputError, InputNotFoundError
+from oocgnn.prepare.readers.inflate import ZipMemberReader
 from oocgnn.utils.atomic import atomic_output, atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 
-_COPY_BYTES = 4 << 20  #: largest single read from a member (bounds transient buffers)
+_COPY_BYTES = 4 << 20  #: bytes per copy when spilling a member (bounds transient buffers)
 
 
 @dataclass(frozen=True)
@@ -89,8 +93,8 @@ class NpyStream:
     def __init__(self, path: str | os.PathLike, member: str | None = None) -> None:
         self.path = Path(path)
         self.member = member
-        self._zip: zipfile.ZipFile | None = None
-        self._fh: IO[bytes] | None = None
+        self._zip: ZipMemberReader | None = None  #: set when reading a zip member
+        self._fh: IO[bytes] | ZipMemberReader | None = None
         try:
             self._open(member)
         except BaseException:
@@ -108,14 +112,14 @@ class NpyStream:
                 self._fh = open(self.path, "rb")
                 available = os.fstat(self._fh.fileno()).st_size
             else:
-                self._zip = zipfile.ZipFile(self.path)
-                try:
-                    zinfo = self._zip.getinfo(member)
-                except KeyError:
-                    raise InputError(
-                        f"{self.path} has no member {member} (has: {', '.join(self._zip.namelist())}); "
-                        f"re-download the dataset") from None
-                self._fh = self._zip.open(zinfo)
+                with zipfile.ZipFile(self.path) as zf:  # the central directory only
+                    try:
+                        zinfo = zf.getinfo(member)
+                    except KeyError:
+                        raise InputError(
+                            f"{self.path} has no member {member} (has: {', '.join(zf.namelist())}); "
+                            f"re-download the dataset") from None
+                self._fh = self._zip = ZipMemberReader(self.path, zinfo)
                 available = zinfo.file_size
             version = np.lib.format.read_magic(self._fh)
             if version == (1, 0):
@@ -134,19 +138,22 @@ class NpyStream:
 
     def _read_exact(self, nbytes: int) -> bytearray:
         buf = bytearray(nbytes)
-        view = memoryview(buf)
-        got = 0
+        self.readinto_exact(buf)
+        return buf
+
+    def readinto_exact(self, buf) -> None:
+        """Fill ``buf`` (a writable buffer, e.g. a numpy array) with the next ``len(buf)`` bytes."""
+        view = memoryview(buf).cast("B")
+        nbytes, got = len(view), 0
         with _translated(self.info.label):
             while got < nbytes:
-                chunk = self._fh.read(min(nbytes - got, _COPY_BYTES))
-                if not chunk:
+                n = self._fh.readinto(view[got:])
+                if not n:
                     raise InputError(
                         f"{self.info.label} is truncated (got {self._pos + got} of {self.info.nbytes} bytes); "
                         f"re-download or re-extract it")
-                view[got:got + len(chunk)] = chunk
-                got += len(chunk)
+                got += n
         self._pos += nbytes
-        return buf
 
     def read_elems(self, count: int) -> np.ndarray:
         """The next ``count`` elements in storage order, as a writable 1-D array."""
@@ -160,26 +167,22 @@ class NpyStream:
             self._pos += nbytes
             return
         with _translated(self.info.label):
-            while nbytes > 0:
-                chunk = self._fh.read(min(nbytes, _COPY_BYTES))
-                if not chunk:
-                    raise InputError(
-                        f"{self.info.label} is truncated (got {self._pos} of {self.info.nbytes} bytes); "
-                        f"re-download or re-extract it")
-                nbytes -= len(chunk)
-                self._pos += len(chunk)
+            got = self._zip.skip(nbytes)
+            self._pos += got
+            if got < nbytes:
+                raise InputError(
+                    f"{self.info.label} is truncated (got {self._pos} of {self.info.nbytes} bytes); "
+                    f"re-download or re-extract it")
 
     def finish(self) -> None:
         """Read to the end of a zip member so its CRC is verified."""
         if self._zip is not None:
             with _translated(self.info.label):
-                while self._fh.read(_COPY_BYTES):
-                    pass
+                self._zip.drain()
 
     def close(self) -> None:
-        for obj in (self._fh, self._zip):
-            if obj is not None:
-                obj.close()
+        if self._fh is not None:
+            self._fh.close()
         self._fh = self._zip = None
 
     def __enter__(self) -> "NpyStream":
@@ -267,11 +270,17 @@ def _spill_identity(path: Path, info: NpyMemberInfo) -> dict:
             "fortran_order": info.fortran_order}
 
 
-def spill_to_raw(path: str | os.PathLike, member: str | None, dest: str | os.PathLike) -> NpyMemberInfo:
+class SpillCancelled(Exception):
+    """A background spill was told to stop (its temp file is removed)."""
+
+
+def spill_to_raw(path: str | os.PathLike, member: str | None, dest: str | os.PathLike,
+                 stop: threading.Event | None = None) -> NpyMemberInfo:
     """Copy the data bytes of an array to the raw file ``dest`` once (resumable).
 
     A completed spill has a ``<dest>.done`` marker recording the source identity;
     a matching marker makes this a no-op.  Written to a temp name, then renamed.
+    ``stop`` (set from another thread) abandons the copy with :class:`SpillCancelled`.
     """
     path, dest = Path(path), Path(dest)
     with NpyStream(path, member) as s:
@@ -288,11 +297,15 @@ def spill_to_raw(path: str | os.PathLike, member: str | None, dest: str | os.Pat
         log.info("spilling %s (%d bytes) to %s", s.info.label, s.info.nbytes, dest)
         with atomic_output(dest, "spilling to") as tmp:
             with open(tmp, "wb") as out:
+                buf = memoryview(bytearray(_COPY_BYTES))
                 left = s.info.nbytes
                 while left > 0:
                     step = min(left, _COPY_BYTES)
-                    out.write(s._read_exact(step))
+                    s.readinto_exact(buf[:step])
+                    out.write(buf[:step])
                     left -= step
+                    if stop is not None and stop.is_set():
+                        raise SpillCancelled(f"spilling {s.info.label} was cancelled")
                 s.finish()
         atomic_write_json(marker, ident)
         return s.info

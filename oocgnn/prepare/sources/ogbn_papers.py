@@ -8,8 +8,15 @@ labels ([N] int64, 0.9 GB at full scale) and split ids are held in RAM.
 Layout (ogb-formats.md section 1): ``raw/data.npz`` (edge_index, num_nodes_list,
 num_edges_list, node_feat, node_year), ``raw/node-label.npz`` (node_label float32
 (N, 1), NaN = unlabelled), ``split/time/{train,valid,test}.csv.gz`` or, if
-present, ``split/time/split_dict.pt`` (OGB prefers it).  A Fortran-ordered
-``node_feat`` is spilled once to the build's scratch folder.
+present, ``split/time/split_dict.pt`` (OGB prefers it).
+
+:meth:`Papers100MSource.prepare_scratch` inflates ``edge_index`` and
+``node_feat`` once each into raw files in the build's scratch folder, at the
+same time on two cores: the edges in the caller's thread (the CSR stage needs
+them next), the features on a background thread that keeps going through the
+CSR and partition stages (:mod:`oocgnn.prepare.readers.raw_spill`).  Without
+``prepare_scratch`` both are streamed from the npz (a Fortran-ordered
+``node_feat`` cannot be, and raises).
 """
 from __future__ import annotations
 
@@ -25,6 +32,7 @@ import numpy as np
 from oocgnn.errors import InputError, InputNotFoundError
 from oocgnn.prepare.readers.npy_stream import (iter_edge_blocks, iter_flat_blocks, iter_row_blocks,
                                   read_npy_info, read_small_array, spill_to_raw)
+from oocgnn.prepare.readers.raw_spill import BackgroundSpill, iter_raw_edge_blocks, iter_raw_row_blocks
 from oocgnn.prepare.readers.torch_zip import load_torch_pickle
 from oocgnn.prepare.source import SourceInfo
 
@@ -101,7 +109,11 @@ class Papers100MSource:
         self.data_path = self.dir / "raw" / "data.npz"
         self.label_path = self.dir / "raw" / "node-label.npz"
         self.split_dir = self.dir / "split" / "time"
-        self._spill_path: Path | None = None
+        self._spill_path: Path | None = None          #: node_feat's raw spill
+        self._feat_spill: BackgroundSpill | None = None
+        self._edge_spill_path: Path | None = None     #: edge_index's raw spill
+        #: features are re-read at disk speed once spilled: the feature stage may then make two passes
+        self.cheap_feature_rereads = False
 
     # -- headers and validation ------------------------------------------------
     @cached_property
@@ -163,23 +175,55 @@ class Papers100MSource:
 
     # -- streaming ---------------------------------------------------------------
     def prepare_scratch(self, workdir: Path) -> None:
-        """Spill a Fortran-ordered ``node_feat`` once so rows can be read in blocks."""
-        feat = self._shapes["feat"]
-        if not feat.fortran_order:
-            return
+        """Spill ``node_feat`` (background thread) and ``edge_index`` (this thread) to raw files.
+
+        Resumable: a spill whose ``.done`` marker matches the input is reused.
+        """
+        shapes = self._shapes
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
-        self._spill_path = workdir / "papers100M_node_feat.F.raw"
-        spill_to_raw(self.data_path, "node_feat", self._spill_path)
+        self.close()
+        order = "F" if shapes["feat"].fortran_order else "C"
+        self._spill_path = workdir / f"papers100M_node_feat.{order}.raw"
+        self._feat_spill = BackgroundSpill(self.data_path, "node_feat", self._spill_path)
+        try:
+            edge_path = workdir / "papers100M_edge_index.raw"
+            spill_to_raw(self.data_path, "edge_index", edge_path)
+        except BaseException:
+            self.close()
+            raise
+        self._edge_spill_path = edge_path
+        self.cheap_feature_rereads = True
+
+    def close(self) -> None:
+        """Stop a feature spill still running (a failed build must not leave a busy thread)."""
+        if self._feat_spill is not None:
+            self._feat_spill.close()
+            self._feat_spill = None
+        self.cheap_feature_rereads = False
 
     def iter_edges(self, block_edges: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        self._shapes  # validate before streaming
-        yield from iter_edge_blocks(self.data_path, "edge_index", block_edges)
+        edges = self._shapes["edges"]  # validate before streaming
+        if self._edge_spill_path is not None:
+            for block in iter_raw_edge_blocks(self._edge_spill_path, edges, block_edges):
+                if self._feat_spill is not None:  # a corrupt node_feat stops the build now, not after the CSR
+                    self._feat_spill.raise_if_failed()
+                yield block
+        else:
+            yield from iter_edge_blocks(self.data_path, "edge_index", block_edges)
 
     def iter_features(self, block_rows: int) -> Iterator[np.ndarray]:
-        if self._shapes["feat"].fortran_order and self._spill_path is None:
-            raise RuntimeError("node_feat is Fortran-ordered: call prepare_scratch(workdir) first")
-        yield from iter_row_blocks(self.data_path, "node_feat", block_rows, spill_path=self._spill_path)
+        feat = self._shapes["feat"]
+        if self._feat_spill is None:
+            if feat.fortran_order:
+                raise RuntimeError("node_feat is Fortran-ordered: call prepare_scratch(workdir) first")
+            yield from iter_row_blocks(self.data_path, "node_feat", block_rows)
+            return
+        self._feat_spill.wait()
+        if feat.fortran_order:
+            yield from iter_row_blocks(self.data_path, "node_feat", block_rows, spill_path=self._spill_path)
+        else:
+            yield from iter_raw_row_blocks(self._spill_path, feat, block_rows)
 
     def labels(self) -> np.ndarray:
         """[N] int64, -1 for NaN rows; the float column is streamed, never held whole."""

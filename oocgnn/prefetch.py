@@ -204,10 +204,16 @@ class BatchLoader:
         st.csr_bytes = (B + len(ranges)) * 8 + (int(sub.crow[-1]) - B) * self.indices.dtype.itemsize + (n - B) * 16
         snap = self.histories.snapshot_seq() if self.histories is not None else 0
         x = slot.x(n, self.width)
-        o = 0
-        for s, e in ranges:  # batch rows: sequential slices
-            x[o:o + e - s].copy_(self.x_t[s:e])
-            o += e - s
+        if id(self.x_t) in self._files:
+            # batch rows of a file: the engine reads their ranges as consecutive pages, 128 KiB
+            # requests with 64 in flight; a memmap slice would fault them in one page at a time
+            # (the feature memmap is MADV_RANDOM: no read-ahead) and map them into RSS
+            self._gather(self.x_t, sub.n_id[:B], x[:B])
+        else:
+            o = 0
+            for s, e in ranges:  # batch rows: sequential slices
+                x[o:o + e - s].copy_(self.x_t[s:e])
+                o += e - s
         halo = sub.n_id[B:]
         # halo history rows are read on a second thread while the feature rows are read here:
         # the two tables are separate files (and caches), and each gather leaves the disk idle

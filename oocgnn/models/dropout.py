@@ -12,7 +12,7 @@ large-batch epoch.  :func:`dropout` instead
   and writes the advanced state back, so the masks *and* every later random number are
   the same as before (seeded runs and resume stay bitwise);
 - writes the scaled mask and the product into buffers owned by the module and reused
-  across steps (grown, never shrunk).
+  across steps (regrown when a batch is larger, never shrunk).
 
 :func:`fast_mask_ok` checks once per process, against ``bernoulli_`` itself, that the
 generator and its layout are what the kernel assumes; where they are not (e.g. torch's
@@ -142,7 +142,12 @@ def fast_mask_ok() -> bool:
 
 
 class DropoutBuffers:
-    """Per-site reused float32 buffers (mask, output), grown by 25 % when a batch is larger."""
+    """Per-site reused float32 buffers (mask, output), regrown to fit when a batch is larger.
+
+    Exactly the largest batch so far, no slack: the memory plan counts a dropout's mask
+    and output among a step's activations (``ACT_TENSORS_PER_LAYER``), and these buffers
+    are those tensors, kept between steps instead of allocated in each.
+    """
 
     def __init__(self) -> None:
         self._bufs: dict[tuple[str, str], torch.Tensor] = {}
@@ -152,7 +157,7 @@ class DropoutBuffers:
         buf = self._bufs.get((site, kind))
         if buf is None or buf.numel() < n:
             with torch.inference_mode(False):  # usable by a training step even if first made in a refresh
-                buf = torch.empty(int(n * 1.25) + 1, dtype=torch.float32)
+                buf = torch.empty(n, dtype=torch.float32)
             self._bufs[(site, kind)] = buf
         return buf[:n].view(shape)
 

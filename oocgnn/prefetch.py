@@ -205,7 +205,7 @@ class BatchLoader:
         snap = self.histories.snapshot_seq() if self.histories is not None else 0
         x = slot.x(n, self.width)
         if id(self.x_t) in self._files:
-            # batch rows of a file: the engine reads their ranges as consecutive pages, 128 KiB
+            # batch rows of a file: the engine reads their ranges as consecutive pages, 512 KiB
             # requests with 64 in flight; a memmap slice would fault them in one page at a time
             # (the feature memmap is MADV_RANDOM: no read-ahead) and map them into RSS
             self._gather(self.x_t, sub.n_id[:B], x[:B])

@@ -56,8 +56,9 @@ QUEUE_DEPTH = 64
 #: batch size, and is large enough that the tail of a chunk (the last reads, when fewer
 #: than the queue depth are left) costs little: ~64 of >= 2,048 reads
 CHUNK_PAGES = 4096
-#: longest single read when pages are consecutive (dense or sequential ids)
-MAX_RUN_PAGES = 32
+#: longest single read (pages) when pages are consecutive: dense or sequential ids, gaps read through;
+#: 512 KiB requests read a dense halo ~15 % faster than 128 KiB here (1.2 vs 1.45 s for 130k rows of 1 GB)
+MAX_RUN_PAGES = 128
 #: unneeded pages read through between two needed ones.  A request costs ~18 us of the
 #: device's 55k IOPS at 64 in flight, a 4 KiB page ~3 us of its ~1.4 GB/s: reading a gap
 #: of up to 4 pages is cheaper than a second request.  Dense gathers (a halo touching half

@@ -9,6 +9,14 @@ permission to create it the run falls back to dropping caches before starting
 (documented in the JSON as ``cgroup: false``).  Prints a table and writes
 ``benchmarks/out/bench_epoch.json``.  Create the store first, e.g.
 ``oocgnn prepare synthetic --nodes 400000 --edges 4000000 --features 128 --partitions 100 --out /tmp/bench_syn``.
+
+Issue #12's configuration (a store ~5x the page cache its cgroup leaves; 2 parts of 200
+per batch, since one batch of 2 of the default 10 parts needs 8.8 GB)::
+
+    oocgnn prepare synthetic --nodes 2000000 --edges 20000000 --features 128 --partitions 200 \
+        --partitioner metis --out /tmp/syn2m_p200
+    python benchmarks/bench_epoch.py --store /tmp/syn2m_p200 --epochs 1 --layers 2 --hidden 128 \
+        --parts-per-batch 2 --budget 1500MB --cgroup-limit 1.9GB --skip-pyg --only ooc ram
 """
 from __future__ import annotations
 

@@ -334,3 +334,23 @@ def test_reused_buffer_dropout_is_bitwise_f_dropout(fast, monkeypatch) -> None:
         assert torch.equal(state, torch.get_rng_state())
     x = torch.randn(9, 24)
     assert d.dropout([x], 0.5, False, bufs, "s") is x  # evaluation: no dropout, no copy
+
+
+def test_fast_mask_continues_torch_generator_at_block_edges() -> None:
+    """Mask lengths around MT19937's 624-word block (odd/even offsets) leave torch's generator
+    exactly where ``bernoulli_`` leaves it, with the same mask."""
+    from oocgnn.models import dropout as d
+
+    if not d.fast_mask_ok():
+        pytest.skip("this torch build's generator differs; dropout uses bernoulli_")
+    for seed in range(2):
+        for n in (1, 2, 311, 312, 313, 623, 624, 625, 1248, 1249, 5000):
+            torch.manual_seed(seed)
+            torch.rand(seed * 7 + 1)  # start at an odd or even word of a block
+            start = torch.get_rng_state()
+            ref = torch.empty(n).bernoulli_(0.3).div_(0.3)
+            ref_state = torch.get_rng_state()
+            torch.set_rng_state(start)
+            mine = torch.empty(n)
+            d._fast_mask(mine, 0.3, float(torch.ones(1).div_(0.3)))
+            assert torch.equal(mine, ref) and torch.equal(torch.get_rng_state(), ref_state), (seed, n)

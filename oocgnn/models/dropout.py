@@ -59,32 +59,64 @@ def _mt_mask(mt: np.ndarray, pos: np.ndarray, keep: float, scale: np.float32, ou
     """``out[i] = scale if uniform53() < keep else 0`` continuing MT19937 state ``mt``.
 
     ``pos`` = [left, next] as torch keeps them: a draw first decrements ``left`` and
-    regenerates the block when it reaches 0, then returns the tempered ``mt[next++]``.
-    The uniform is ``((w1 << 32 | w2) & (2**53 - 1)) * 2**-53`` (torch's ``random64`` and
-    ``uniform_real_distribution<double>``).
+    regenerates the block when it reaches 0, then returns the tempered ``mt[next++]``;
+    so ``left - 1`` words are left in the block, and after a regeneration and ``k``
+    draws ``next = k``, ``left = 625 - k``.  The uniform is
+    ``((w1 << 32 | w2) & (2**53 - 1)) * 2**-53`` (torch's ``random64`` and
+    ``uniform_real_distribution<double>``); ``u < keep`` is tested exactly in integers as
+    ``x < ceil(keep * 2**53)`` (both scalings by 2**53 are exact).  Words are tempered a
+    block at a time and pairs compared in a branch-free loop, which the compiler
+    vectorises.
     """
     left, nxt = pos[0], pos[1]
+    thr = np.uint64(np.ceil(keep * 9007199254740992.0))
     mask53 = np.uint64((1 << 53) - 1)
-    div = 1.0 / 9007199254740992.0
     zero = np.float32(0.0)
-    for i in range(out.shape[0]):
-        w = np.uint64(0)
-        for half in range(2):
-            left -= 1
-            if left == 0:
-                _mt_next_state(mt)
-                left = _N
-                nxt = 0
-            y = mt[nxt]
-            nxt += 1
+    tw = np.empty(_N, np.uint32)
+    avail = left - 1
+    p = nxt
+    regen = False
+    hi = np.uint64(0)
+    pending = False
+    n = out.shape[0]
+    i = 0
+    while i < n:
+        if avail <= 0:
+            _mt_next_state(mt)
+            p = 0
+            avail = _N
+            regen = True
+        m = avail
+        for k in range(m):
+            y = mt[p + k]
             y ^= y >> np.uint32(11)
             y ^= (y << np.uint32(7)) & np.uint32(0x9D2C5680)
             y ^= (y << np.uint32(15)) & np.uint32(0xEFC60000)
             y ^= y >> np.uint32(18)
-            w = (w << np.uint64(32)) | np.uint64(y)
-        u = np.float64(w & mask53) * div
-        out[i] = scale if u < keep else zero
-    pos[0], pos[1] = left, nxt
+            tw[k] = y
+        k = 0
+        if pending:
+            x = ((hi << np.uint64(32)) | np.uint64(tw[0])) & mask53
+            out[i] = scale if x < thr else zero
+            i += 1
+            k = 1
+            pending = False
+        pairs = min((m - k) // 2, n - i)
+        for j in range(pairs):
+            x = ((np.uint64(tw[k + 2 * j]) << np.uint64(32)) | np.uint64(tw[k + 2 * j + 1])) & mask53
+            out[i + j] = scale if x < thr else zero
+        i += pairs
+        k += 2 * pairs
+        if i < n and k < m:  # one word left in the block: the high half of the next draw
+            hi = np.uint64(tw[k])
+            pending = True
+            k += 1
+        p += k
+        avail -= k
+    if regen:
+        pos[0], pos[1] = 625 - p, p
+    else:
+        pos[0], pos[1] = left - (p - nxt), p
 
 
 def _fast_mask(noise: torch.Tensor, keep: float, scale: float) -> None:

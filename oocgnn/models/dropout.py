@@ -236,12 +236,20 @@ def dropout(parts: list[torch.Tensor], p: float, training: bool, bufs: DropoutBu
         return torch.nn.functional.dropout(x, p, training)
     rows = sum(x.shape[0] for x in parts)
     shape = torch.Size((rows, *x0.shape[1:]))
-    noise = bufs.get(site, "mask", shape)
-    out = bufs.get(site, "out", shape)
     keep = 1.0 - p
+    # without a gradient to carry (the input features) the mask is not kept: it is drawn
+    # into the output buffer and multiplied in place (x * m == m * x bitwise), one buffer
+    needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in parts)
+    noise = bufs.get(site, "mask", shape) if needs_grad else bufs.get(site, "out", shape)
     if shape.numel() > 0:
         if fast_mask_ok():
             _fast_mask(noise, keep, float(torch.ones(1).div_(keep)))
         else:
             _torch_mask(noise, keep, keep)
-    return _Dropout.apply((noise, out), *parts)
+    if not needs_grad:
+        o = 0
+        for x in parts:
+            noise[o:o + x.shape[0]].mul_(x)
+            o += x.shape[0]
+        return noise
+    return _Dropout.apply((noise, bufs.get(site, "out", shape)), *parts)

@@ -20,7 +20,9 @@ MKL path on Intel CPUs, or another torch build) the mask comes from ``bernoulli_
 the reused buffer instead: slower, still identical.
 
 A buffer is reused by the next forward, so the autograd graph of one step must be
-finished (backward run) before the next forward: true of every trainer here.
+finished (backward run) before the next forward: true of every trainer here.  Between
+reading and writing back the generator state no other thread may draw from torch's
+CPU generator (the prefetch and I/O threads never do).
 """
 from __future__ import annotations
 
@@ -139,11 +141,12 @@ def _torch_mask(noise: torch.Tensor, keep: float, scale_div: float) -> None:
 
 
 def fast_mask_ok() -> bool:
-    """Whether :func:`_mt_mask` reproduces ``bernoulli_`` here (checked once, on 5,000 draws).
+    """Whether :func:`_mt_mask` reproduces ``bernoulli_`` here (checked once per process).
 
     Compares masks and the generator state after drawing, from a state that starts
-    mid-block, so both the block refill and the resume point are exercised.  The
-    global generator is restored afterwards.
+    mid-block, so both the block refill and the resume point are exercised, on a small
+    and on a large (2**20 + 3 elements, ~30 ms) tensor in case a build switches generator
+    by size.  The global generator is restored afterwards.
     """
     global _fast_ok
     with _check_lock:
@@ -151,16 +154,16 @@ def fast_mask_ok() -> bool:
             saved = torch.get_rng_state()
             try:
                 ok = saved.numel() == _STATE_BYTES
-                if ok:
+                for n in (5000, (1 << 20) + 3) if ok else ():
                     torch.manual_seed(1234)
-                    torch.rand(100)  # start mid-block
+                    torch.rand(101)  # start mid-block, at an odd word
                     start = torch.get_rng_state()
-                    ref = torch.empty(5000).bernoulli_(0.7).div_(0.7)
+                    ref = torch.empty(n).bernoulli_(0.7).div_(0.7)
                     ref_state = torch.get_rng_state()
                     torch.set_rng_state(start)
-                    mine = torch.empty(5000)
+                    mine = torch.empty(n)
                     _fast_mask(mine, 0.7, float(torch.ones(1).div_(0.7)))
-                    ok = torch.equal(mine, ref) and torch.equal(torch.get_rng_state(), ref_state)
+                    ok = ok and torch.equal(mine, ref) and torch.equal(torch.get_rng_state(), ref_state)
                 _fast_ok = bool(ok)
             except Exception as exc:  # any surprise: use torch's own generator
                 log.debug("fast dropout mask unavailable: %s", exc)

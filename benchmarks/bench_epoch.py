@@ -9,6 +9,14 @@ permission to create it the run falls back to dropping caches before starting
 (documented in the JSON as ``cgroup: false``).  Prints a table and writes
 ``benchmarks/out/bench_epoch.json``.  Create the store first, e.g.
 ``oocgnn prepare synthetic --nodes 400000 --edges 4000000 --features 128 --partitions 100 --out /tmp/bench_syn``.
+
+Issue #12's configuration (a store ~5x the page cache its cgroup leaves; 2 parts of 200
+per batch, since one batch of 2 of the default 10 parts needs 8.8 GB)::
+
+    oocgnn prepare synthetic --nodes 2000000 --edges 20000000 --features 128 --partitions 200 \
+        --partitioner metis --out /tmp/syn2m_p200
+    python benchmarks/bench_epoch.py --store /tmp/syn2m_p200 --epochs 1 --layers 2 --hidden 128 \
+        --parts-per-batch 2 --budget 1500MB --cgroup-limit 1.9GB --skip-pyg --only ooc ram
 """
 from __future__ import annotations
 
@@ -76,7 +84,8 @@ def worker(spec: dict) -> dict:
     cfg = RunConfig(model=ModelConfig(layers=spec["layers"], hidden=spec["hidden"], dropout=0.5),
                     train=OptimConfig(epochs=spec["epochs"], parts_per_batch=spec["ppb"], lr=0.01),
                     io=IOConfig(in_memory=spec["mode"] == "ram", prefetch=spec["prefetch"], io_threads=spec["io_threads"],
-                                memory_budget=spec["budget"], cache=spec["cache"]),
+                                memory_budget=spec["budget"], cache=spec["cache"],
+                                history_dtype=spec.get("history_dtype", "float32")),
                     eval=EvalConfig(eval_every=spec["epochs"]))
     run_dir = Path(tempfile.mkdtemp(prefix="bench_epoch_", dir=spec["tmp"]))
     try:
@@ -92,7 +101,7 @@ def worker(spec: dict) -> dict:
     last = records[1:] or records  # the first epoch includes first-touch of the ring
     ep = float(np.median([r["epoch_time_s"] for r in last]))
     hist_rows_min = sum(r["halo_rows"] for r in last) + sum(r["batch_rows"] for r in last)
-    row_bytes = spec["hidden"] * 4 * (spec["layers"] - 1)
+    row_bytes = spec["hidden"] * (2 if spec.get("history_dtype") == "float16" else 4) * (spec["layers"] - 1)
     moved = sum(r["history_bytes_read"] + r["bytes_written"] for r in last)
     return {"epoch_time_s": ep, "io_wait_fraction": float(np.mean([r["io_wait_fraction"] for r in last])),
             "history_bytes_moved": moved, "history_bytes_min": hist_rows_min * row_bytes,
@@ -125,6 +134,8 @@ def main() -> None:
     ap.add_argument("--budget", default="192MiB", help="--memory-budget of the out-of-core run")
     ap.add_argument("--cgroup-limit", default="384MiB", help="memory cgroup limit of the out-of-core run")
     ap.add_argument("--tmp", default=None, help="where run dirs (histories) go")
+    ap.add_argument("--history-dtype", default="float32", choices=["float32", "float16"],
+                    help="dtype of the history tables (with a float16 store: fp16 end to end)")
     ap.add_argument("--skip-pyg", action="store_true")
     ap.add_argument("--only", nargs="*", help="run only these configurations (ooc, ooc_no_prefetch, ram, pyg_full_batch)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -136,7 +147,7 @@ def main() -> None:
 
     base = {"store": args.store, "epochs": args.epochs, "layers": args.layers, "hidden": args.hidden,
             "ppb": args.parts_per_batch, "prefetch": args.prefetch, "io_threads": args.io_threads,
-            "tmp": args.tmp, "cache": "belady", "budget": args.budget}
+            "tmp": args.tmp, "cache": "belady", "budget": args.budget, "history_dtype": args.history_dtype}
     cg = make_cgroup(parse_size(args.cgroup_limit))
     runs = {"ooc": dict(base, mode="ooc", cgroup=str(cg) if cg else None),
             "ooc_no_prefetch": dict(base, mode="ooc", prefetch=0, io_threads=1, cgroup=str(cg) if cg else None),

@@ -18,6 +18,9 @@ so a stopped sweep keeps what it measured) and ``<out>.png``: accuracy vs
 batches/epoch, one line per method, the ceiling dashed.  Example (2 cores, ~1 h)::
 
     python benchmarks/bench_staleness.py --datasets photo,cs --batches 2,40 --seeds 5 --epochs 50
+
+``--dtypes float32,float16`` repeats every run with float16 features (``prepare
+--feature-dtype float16``) and float16 history tables (``--history-dtype float16``).
 """
 from __future__ import annotations
 
@@ -49,8 +52,8 @@ METHODS: dict[str, dict[str, Any]] = {
 }
 
 
-def prepare(work: Path, name: str, partitions: int) -> Path:
-    out = work / f"store_{name}_{partitions}"
+def prepare(work: Path, name: str, partitions: int, dtype: str = "float32") -> Path:
+    out = work / f"store_{name}_{partitions}" if dtype == "float32" else work / f"store_{name}_{partitions}_{dtype}"
     if (out / "COMPLETE").exists():
         return out
     cmd = [sys.executable, "-m", "oocgnn.cli.main", "prepare"]
@@ -62,7 +65,8 @@ def prepare(work: Path, name: str, partitions: int) -> Path:
         cmd += ["pyg", "--class", cls, "--name", dname, "--root", str(root)]
     else:
         cmd += ["synthetic", "--nodes", "20000", "--edges", "200000", "--features", "32", "--classes", "8"]
-    cmd += ["--partitions", str(partitions), "--partitioner", "metis", "--out", str(out), "--no-progress"]
+    cmd += ["--partitions", str(partitions), "--partitioner", "metis", "--feature-dtype", dtype, "--out", str(out),
+            "--no-progress"]
     subprocess.run(cmd, check=True, capture_output=True)
     return out
 
@@ -86,7 +90,8 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     model = {k: v for k, v in job["model"].items() if v is not None}
     cfg = RunConfig(model=ModelConfig(name=job["model_name"], layers=job["layers"], **model),
                     train=OptimConfig(epochs=job["epochs"], parts_per_batch=parts, seed=job["seed"], **train),
-                    io=IOConfig(io_threads=1, prefetch=1, cache="none", in_memory=True),
+                    io=IOConfig(io_threads=1, prefetch=1, cache="none", in_memory=True,
+                                history_dtype=job.get("dtype", "float32")),
                     eval=EvalConfig(eval_refresh=False), staleness=staleness)
     tr = make_trainer(ds, cfg, None)
     best = (-1.0, float("nan"), 0)
@@ -105,6 +110,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     finally:
         tr.close()
     return {**{k: job[k] for k in ("dataset", "batches", "model_name", "layers", "method", "seed")},
+            "dtype": job.get("dtype", "float32"),
             "valid_acc": best[0], "test_acc": best[1], "best_epoch": best[2], "true_staleness": true,
             "epoch_time_s": float(np.mean(times)), "refresh_passes_per_epoch": refreshes / job["epochs"],
             "train_batches_per_epoch": rec["train_batches"], "lr": tr.optimizer.param_groups[0]["lr"],
@@ -114,7 +120,9 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
-        groups.setdefault((r["dataset"], r["model_name"], r["layers"], r["batches"], r["method"]), []).append(r)
+        # fp16 runs (features stored and histories kept in float16) are their own rows: "gcn fp16"
+        model = r["model_name"] + ("" if r.get("dtype", "float32") == "float32" else " fp16")
+        groups.setdefault((r["dataset"], model, r["layers"], r["batches"], r["method"]), []).append(r)
     out = []
     for (d, m, l, b, meth), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], kv[0][3],
                                                                          list(METHODS).index(kv[0][4])
@@ -205,6 +213,9 @@ def main() -> int:
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--models", default="gcn", help="comma list of gcn, sage, gat")
     p.add_argument("--layers", default="2", help="comma list of depths")
+    p.add_argument("--dtypes", default="float32",
+                   help="comma list of float32, float16: dtype of stored features (prepare --feature-dtype) and of "
+                        "the history tables (train --history-dtype); float16 rows are labelled '<model> fp16'")
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--eval-every", type=int, default=5)
@@ -230,11 +241,13 @@ def main() -> int:
              "grad_clip": args.grad_clip, "lr_scaling": args.lr_scaling}
     model = {"hidden": args.hidden, "dropout": args.dropout, "normalize_features": args.normalize_features}
     jobs = []
-    for name in args.datasets.split(","):
-        store = str(prepare(work, name, args.partitions))
+    for name, dtype in ((n, d) for n in args.datasets.split(",") for d in args.dtypes.split(",")):
+        if dtype not in ("float32", "float16"):
+            raise SystemExit(f"--dtypes {dtype!r}: use float32 or float16")
+        store = str(prepare(work, name, args.partitions, dtype))
         for model_name in args.models.split(","):
             for layers in (int(x) for x in args.layers.split(",")):
-                base = {"store": store, "dataset": name, "model_name": model_name, "layers": layers,
+                base = {"store": store, "dataset": name, "model_name": model_name, "layers": layers, "dtype": dtype,
                         "epochs": args.epochs, "eval_every": args.eval_every, "train": train, "model": model}
                 if args.ceiling:
                     jobs += [{**base, "batches": 1, "parts_per_batch": args.partitions, "method": "ceiling",
@@ -257,7 +270,7 @@ def main() -> int:
             results["total_s"] = time.perf_counter() - t0
             results["summary"] = summarise(results["rows"])
             out_json.write_text(json.dumps(results, indent=1))
-            print(f"{row['dataset']:9s} {row['model_name']}{row['layers']} B={row['batches']:<3d} "
+            print(f"{row['dataset']:9s} {row['model_name']}{row['layers']} {row['dtype']} B={row['batches']:<3d} "
                   f"{row['method']:8s} seed {row['seed']}: test {100 * row['test_acc']:.2f} "
                   f"(best ep {row['best_epoch']}), stale {row['true_staleness']:.3f}, "
                   f"{row['epoch_time_s']:.2f} s/ep", flush=True)

@@ -137,6 +137,7 @@ class BatchLoader:
         self.width = self.x_t.shape[1]
         #: id(source tensor) -> (tensor, its RowFile): _gather keeps its (src, ids, out) signature
         self._files: dict[int, tuple[torch.Tensor, RowFile]] = {}
+        self._hist_pool: ThreadPoolExecutor | None = None  #: one thread: halo history rows (see load)
         self._open_file(self.x_t, x_array, io_engine, isinstance(x_source, HistoryTable))
         for t in hist_tables:
             table = histories.tables[t]
@@ -149,6 +150,9 @@ class BatchLoader:
 
     def close(self) -> None:
         """Close the engine's file descriptors (also done when the loader is collected)."""
+        if self._hist_pool is not None:
+            self._hist_pool.shutdown(wait=True)
+            self._hist_pool = None
         for _, rf in self._files.values():
             rf.close()
         self._files.clear()
@@ -200,30 +204,51 @@ class BatchLoader:
         st.csr_bytes = (B + len(ranges)) * 8 + (int(sub.crow[-1]) - B) * self.indices.dtype.itemsize + (n - B) * 16
         snap = self.histories.snapshot_seq() if self.histories is not None else 0
         x = slot.x(n, self.width)
-        o = 0
-        for s, e in ranges:  # batch rows: sequential slices
-            x[o:o + e - s].copy_(self.x_t[s:e])
-            o += e - s
+        if id(self.x_t) in self._files:
+            # batch rows of a file: the engine reads their ranges as consecutive pages, 512 KiB
+            # requests with 64 in flight; a memmap slice would fault them in one page at a time
+            # (the feature memmap is MADV_RANDOM: no read-ahead) and map them into RSS
+            self._gather(self.x_t, sub.n_id[:B], x[:B])
+        else:
+            o = 0
+            for s, e in ranges:  # batch rows: sequential slices
+                x[o:o + e - s].copy_(self.x_t[s:e])
+                o += e - s
         halo = sub.n_id[B:]
+        # halo history rows are read on a second thread while the feature rows are read here:
+        # the two tables are separate files (and caches), and each gather leaves the disk idle
+        # while it plans pages and copies rows out
+        hist_job = self._hist_executor().submit(self._load_hist, halo, slot, n - B) \
+            if self.hist_tables and len(halo) else None
         if self.cache is not None:
             self.cache.gather(halo, x[B:], lambda ids, out: self._gather(self.x_t, ids, out))
             st.feature_bytes = (B + self.cache.last_misses) * self.x_row_bytes
         else:
             self._gather(self.x_t, halo, x[B:])
             st.feature_bytes = n * self.x_row_bytes
-        hist = []
+        hist, st.history_bytes = hist_job.result() if hist_job is not None else self._load_hist(halo, slot, n - B)
+        return Prepared(sub, slot, x, hist, snap, st)
+
+    def _hist_executor(self) -> ThreadPoolExecutor:
+        if self._hist_pool is None:
+            self._hist_pool = ThreadPoolExecutor(1, thread_name_prefix="oocgnn-hist-gather")
+        return self._hist_pool
+
+    def _load_hist(self, halo: np.ndarray, slot: Slot, h_rows: int) -> tuple[list[torch.Tensor], int]:
+        """Halo rows of every history table into ``slot`` (through its cache, if any); (views, bytes read)."""
+        hist, nbytes = [], 0
         for t in self.hist_tables:
             table = self.histories.tables[t]
-            h = slot.hist[t][: n - B]
+            h = slot.hist[t][:h_rows]
             hc = self.hist_caches[t] if self.hist_caches else None
             if hc is not None:  # hits are as fresh as the table at the snapshot (see HistoryCache)
                 hc.gather(halo, h, lambda ids, out, src=table._t: self._gather(src, ids, out))
-                st.history_bytes += hc.last_misses * table.row_bytes
+                nbytes += hc.last_misses * table.row_bytes
             else:
                 self._gather(table._t, halo, h)
-                st.history_bytes += (n - B) * table.row_bytes
+                nbytes += h_rows * table.row_bytes
             hist.append(h)
-        return Prepared(sub, slot, x, hist, snap, st)
+        return hist, nbytes
 
 
 class Prefetcher:

@@ -53,6 +53,44 @@ def test_engine_equals_numpy_bitwise(tmp_path, engine, width, dtype) -> None:
             assert out.tobytes() == ref[ids].tobytes(), name
 
 
+@pytest.mark.parametrize("max_gap", [0, 1, 4, 64])
+@pytest.mark.parametrize("width,dtype", [(100, np.float32), (64, np.float16), (1433, np.float32)])
+def test_gap_reads_equal_numpy_and_cut_requests(tmp_path, max_gap, width, dtype, monkeypatch) -> None:
+    """Reading through gaps of unneeded pages changes the requests, never the rows.
+
+    Strided ids leave gaps of about one page, random sparse ones gaps of many; small
+    chunks put chunk ends inside gaps.  A dense-ish gather must issue fewer requests
+    with gaps read through than without.
+    """
+    n = 3000
+    ref = write_table(tmp_path / "t.npy", n, width, dtype)
+    mm = np.load(tmp_path / "t.npy", mmap_mode="r")
+    rng = np.random.default_rng(3)
+    rb = width * np.dtype(dtype).itemsize
+    sets = {"strided": np.arange(0, n, max(3, 2 * 4096 // rb + 1)), "sparse": np.sort(rng.choice(n, n // 40, replace=False)),
+            "shuffled_dup": rng.integers(0, n, n // 2)}
+    requests: list[int] = []
+    real_read = RowFile._read
+
+    def counting(self, buf, run_page, run_slot, run_len, n_runs):
+        requests.append(n_runs)
+        return real_read(self, buf, run_page, run_slot, run_len, n_runs)
+
+    monkeypatch.setattr(RowFile, "_read", counting)
+    for kind in ("direct", "pread"):
+        counts = {}
+        for gap in (0, max_gap):
+            with rowfile_for(mm, kind, queue_depth=8, chunk_pages=16, max_gap=gap) as f:
+                for name, ids in sets.items():
+                    out = np.full((len(ids), width), 7, dtype=dtype)
+                    requests.clear()
+                    gather_rows(f, ids, out)
+                    assert out.tobytes() == ref[ids].tobytes(), (kind, gap, name)
+                    counts[(gap, name)] = sum(requests)
+        if max_gap >= 1 and rb < 4096:  # strided rows: one needed page, then a gap of about one page
+            assert counts[(max_gap, "strided")] < counts[(0, "strided")]
+
+
 def test_direct_reads_rows_written_through_a_memmap_not_yet_written_back(tmp_path) -> None:
     """A history push lands in a shared memmap (dirty page cache); a later O_DIRECT read sees it.
 

@@ -296,3 +296,61 @@ def test_cache_built_in_inference_mode_serves_training(name: str) -> None:
     with torch.inference_mode():
         model(batch)
     F.cross_entropy(model(batch)[0], batch.y).backward()
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_reused_buffer_dropout_is_bitwise_f_dropout(fast, monkeypatch) -> None:
+    """Masks, outputs, gradients and the generator state afterwards equal ``F.dropout``'s.
+
+    Batches grow and shrink (buffers regrow and are reused), the first use is inside
+    ``inference_mode`` (a REST refresh) and later ones train; ``fast=False`` is the
+    fallback that draws with ``bernoulli_`` into the reused buffer.
+    """
+    from oocgnn.models import dropout as d
+
+    if fast:
+        assert d.fast_mask_ok(), "the MT19937 kernel should match this torch build's generator"
+    else:
+        monkeypatch.setattr(d, "fast_mask_ok", lambda: False)
+    bufs = d.DropoutBuffers()
+    w = torch.randn(24, 5)
+    with torch.inference_mode():
+        torch.manual_seed(3)
+        ref = torch.nn.functional.dropout(torch.ones(50, 24), 0.5, True)
+        torch.manual_seed(3)
+        assert torch.equal(d.dropout([torch.ones(50, 24)], 0.5, True, bufs, "s"), ref)
+    for rows, halo, p in ((40, 30, 0.5), (300, 200, 0.3), (10, 0, 0.5), (120, 7, 0.7)):
+        h = torch.randn(rows, 24, requires_grad=True)
+        hh = torch.randn(halo, 24, requires_grad=True)
+        torch.manual_seed(rows)
+        y = torch.nn.functional.dropout(torch.cat([h, hh]), p, True)
+        (y @ w).square().sum().backward()
+        g_h, g_hh, state = h.grad.clone(), hh.grad.clone(), torch.get_rng_state()
+        h.grad = hh.grad = None
+        torch.manual_seed(rows)
+        y2 = d.dropout([h, hh], p, True, bufs, "s")
+        (y2 @ w).square().sum().backward()
+        assert torch.equal(y, y2) and torch.equal(g_h, h.grad) and torch.equal(g_hh, hh.grad)
+        assert torch.equal(state, torch.get_rng_state())
+    x = torch.randn(9, 24)
+    assert d.dropout([x], 0.5, False, bufs, "s") is x  # evaluation: no dropout, no copy
+
+
+def test_fast_mask_continues_torch_generator_at_block_edges() -> None:
+    """Mask lengths around MT19937's 624-word block (odd/even offsets) leave torch's generator
+    exactly where ``bernoulli_`` leaves it, with the same mask."""
+    from oocgnn.models import dropout as d
+
+    if not d.fast_mask_ok():
+        pytest.skip("this torch build's generator differs; dropout uses bernoulli_")
+    for seed in range(2):
+        for n in (1, 2, 311, 312, 313, 623, 624, 625, 1248, 1249, 5000):
+            torch.manual_seed(seed)
+            torch.rand(seed * 7 + 1)  # start at an odd or even word of a block
+            start = torch.get_rng_state()
+            ref = torch.empty(n).bernoulli_(0.3).div_(0.3)
+            ref_state = torch.get_rng_state()
+            torch.set_rng_state(start)
+            mine = torch.empty(n)
+            d._fast_mask(mine, 0.3, float(torch.ones(1).div_(0.3)))
+            assert torch.equal(mine, ref) and torch.equal(torch.get_rng_state(), ref_state), (seed, n)

@@ -109,6 +109,26 @@ def test_kill9_then_sigterm_then_resume_is_bitwise_exact(store, reference_inproc
 
 
 @pytest.mark.slow
+def test_kill9_during_pushes_through_the_row_gather_engine_resumes_bitwise(store, reference, tmp_path):
+    """SIGKILL while pushes land, with every halo row read by the engine's ``pread`` kernel.
+
+    ``--io-engine pread`` works on any filesystem (``auto``/``direct`` read history tables
+    with it too); halo history rows are gathered on the prefetcher's second thread while
+    pushes land, so a crash can catch a push journaled but not landed, or landed but its
+    steps not recorded, with engine reads around it.  The resumed run must equal the
+    uninterrupted one (default engine) bitwise.
+    """
+    run_dir = tmp_path / "run"
+    for point in ("push-journaled:3", "push-landed:9"):
+        r = run_sub(store, run_dir, {"OOCGNN_CRASH_AT": point}, "--io-engine", "pread")
+        assert r.returncode == -9, (point, r.stderr)
+    r = run_sub(store, run_dir, None, "--io-engine", "pread")
+    assert r.returncode == 0, r.stderr
+    assert "resuming from checkpoint" in r.stderr
+    assert_bitwise(reference, run_dir)
+
+
+@pytest.mark.slow
 def test_kill9_at_every_critical_point_is_bitwise_exact(store, reference, tmp_path):
     """SIGKILL in each dangerous window: push journaled/landed, checkpoint before rename/before COMPLETE."""
     run_dir = tmp_path / "run"

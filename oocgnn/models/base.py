@@ -30,6 +30,7 @@ from torch import Tensor
 
 from oocgnn.batch import SubgraphBatch
 from oocgnn.errors import ConfigError
+from oocgnn.models.dropout import DropoutBuffers, dropout
 
 State = dict[str, Tensor]
 
@@ -87,6 +88,8 @@ class GASModel(torch.nn.Module):
         #: row-normalise input features (set by the trainer from ``--normalize-features``)
         self.normalize_features = False
         self.history_channels: list[int] = [self.hidden_channels] * (self.num_layers - 1)
+        #: reused dropout mask/output buffers (oocgnn.models.dropout): not parameters, not state
+        self._drop_bufs = DropoutBuffers()
 
     @property
     def num_inference_layers(self) -> int:
@@ -108,7 +111,7 @@ class GASModel(torch.nn.Module):
             if layer == self.num_layers - 1:
                 return h, pushes
             pushes.append(h.detach())
-            x = F.dropout(torch.cat([h, halo[layer]], dim=0), self.dropout, self.training)
+            x = dropout([h, halo[layer]], self.dropout, self.training, self._drop_bufs, f"hidden{layer}")
         raise AssertionError("unreachable")
 
     def forward_layer(self, layer: int, x_all: Tensor, batch: SubgraphBatch) -> Tensor:
@@ -148,7 +151,8 @@ class GASModel(torch.nn.Module):
     # ------------------------------------------------------------ subclass hooks
     def _prepare(self, x: Tensor, batch: SubgraphBatch) -> tuple[Tensor, State]:
         """Layer-0 input from the features of all B+H rows (and any cross-layer state)."""
-        return F.dropout(self.input_features(x), self.dropout, self.training and self.drop_input), {}
+        return dropout([self.input_features(x)], self.dropout, self.training and self.drop_input, self._drop_bufs,
+                       "input"), {}
 
     def input_features(self, x: Tensor) -> Tensor:
         """Feature rows as the first layer sees them: row-normalised (sum 1) with ``normalize_features``.

@@ -14,7 +14,8 @@ from the process baseline measured when the trainer is built::
   + activations of one step          autograd state of forward + backward
   + write-behind pushes              up to ``max_pending + 1`` batches of pushed rows
   + runtime reserve                  torch/OpenMP/malloc-arena overhead of the threads
-  + row-gather engine buffer         the aligned page buffer of oocgnn.io (not with --io-engine mmap)
+  + row-gather engine buffers        aligned page buffers of oocgnn.io, one per concurrent gather
+                                   (features, histories; none with --io-engine mmap)
   + row caches + Belady lists        whatever is left, times --cache-fraction
                                    (features + history tables, equal rows each)
 
@@ -63,7 +64,7 @@ MAPPED_WINDOW_MIN, MAPPED_WINDOW_MAX = 32 << 20, 1 << 30
 
 
 def engine_bytes(trainer: Any) -> int:
-    """The page buffer the row-gather engine keeps (gathers run on the prefetch thread, one at a time)."""
+    """The page buffers the row-gather engine keeps (feature and history gathers run side by side)."""
     io = trainer.cfg.io
     if io.in_memory or io.io_engine == "mmap":
         return 0
@@ -71,7 +72,9 @@ def engine_bytes(trainer: Any) -> int:
 
     row_bytes = max([trainer.ds.num_features * trainer.features.dtype.itemsize,
                      *(t.row_bytes for t in trainer.histories.tables)])
-    return buffer_bytes(trainer.max_halo, row_bytes)
+    # features and history tables are gathered at the same time (two buffers) when histories are on disk
+    concurrent = 2 if any(t.path is not None for t in trainer.histories.tables) else 1
+    return concurrent * buffer_bytes(trainer.max_halo, row_bytes)
 
 
 def mapped_window(budget: int) -> int:

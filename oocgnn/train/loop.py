@@ -309,6 +309,7 @@ class Trainer:
             st.position += 1
             if on_batch is not None:
                 on_batch({"loss": float("nan"), "io_wait_s": pf.stats.io_wait_s})
+        loader.close()  # the plan is read: its file descriptors and history-gather thread go now, not at GC
         self.drain_exchange()
         self.histories.flush()
         self.dist.barrier()  # every rank's pushes of the epoch are in the tables before rank 0 evaluates

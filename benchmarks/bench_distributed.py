@@ -89,7 +89,8 @@ def accuracy(args: argparse.Namespace) -> None:
         rows.append((mode, f"{100 * out[mode]['mean']:.2f} ± {100 * out[mode]['std']:.2f} ({len(v)} seeds), "
                            f"worst {100 * min(v):.2f}"))
     print_table(rows)
-    print(f"wrote {write_json('bench_distributed_accuracy', {'machine': machine(), 'args': vars(args) | {'datasets': str(args.datasets)}, 'results': out})}")
+    data = {"machine": machine(), "args": vars(args) | {"datasets": str(args.datasets)}, "results": out}
+    print(f"wrote {write_json('bench_distributed_accuracy', data)}")
 
 
 def main() -> None:

@@ -24,7 +24,8 @@ from oocgnn.batching import RankSplit
 CORA_ARGS = ["--parts-per-batch", "2", "--weight-decay", "5e-4", "--io-threads", "1", "--no-progress"]
 
 
-def train(store: Path, run: Path, *extra: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def train(store: Path, run: Path, *extra: str, env: dict | None = None,
+          timeout: float = 300) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "oocgnn.cli.main", "train", "--data", str(store), "--run-dir", str(run), *extra]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
@@ -97,7 +98,8 @@ def test_killed_rank_then_rerun_resumes_bitwise(cora, tmp_path, exchange, crash_
             "--halo-exchange", exchange, *CORA_ARGS]
     ref = train(cora, tmp_path / "ref", *args)
     assert ref.returncode == 0, ref.stderr
-    crash = train(cora, tmp_path / "run", *args, env={"OOCGNN_CRASH_AT": f"push-journaled:{crash_at}", "OOCGNN_CRASH_RANK": "1"})
+    crash = train(cora, tmp_path / "run", *args,
+                  env={"OOCGNN_CRASH_AT": f"push-journaled:{crash_at}", "OOCGNN_CRASH_RANK": "1"})
     assert crash.returncode != 0
     assert "rank 1 was killed by SIGKILL" in crash.stderr and "re-run the same command" in crash.stderr
     assert not (tmp_path / "run" / "summary.json").exists()

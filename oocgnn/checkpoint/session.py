@@ -321,8 +321,9 @@ class RunSession:
     def _raise_if_stopped(self, trainer: Any) -> None:
         if self._stop_all:
             where = f" ({self.store.dir / f'step-{trainer.state.global_step}'})" if self.opts.enabled else ""
-            raise Preempted(f"stopped by {self.stop.name or 'a signal to another rank'} at step {trainer.state.global_step} with a checkpoint"
-                            f"{where}; re-run the same command to resume from there")
+            by = self.stop.name or "a signal to another rank"
+            raise Preempted(f"stopped by {by} at step {trainer.state.global_step} with a checkpoint{where}; re-run "
+                            f"the same command to resume from there")
 
     def save(self, trainer: Any) -> CheckpointInfo | None:
         """Write a checkpoint of the trainer now (flushes pushes first)."""

@@ -18,24 +18,13 @@ from oocgnn.prepare import multilevel
 from oocgnn.prepare.csr import build_csr
 from oocgnn.prepare.partition import METIS_BYTES_PER_ENTRY, choose_method, partition_graph
 from oocgnn.store import format as fmt
+from oocgnn.testing.graphs import community_edges
 
 #: METIS needs ~100 MB for the test graph (300 k entries), so at this budget it
 #: does not fit and multilevel must coarsen on disk first.
 SMALL_BUDGET = 16 << 20
 
 
-def community_edges(n: int = 20_000, e: int = 150_000, k: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """``k`` planted communities with scattered ids; 10 % of edges random."""
-    rng = np.random.default_rng(seed)
-    comm = rng.integers(0, k, n)
-    order = np.argsort(comm)
-    starts = np.searchsorted(comm[order], np.arange(k + 1))
-    src = rng.integers(0, n, e)
-    c = comm[src]
-    dst = order[starts[c] + (rng.random(e) * (starts[c + 1] - starts[c])).astype(np.int64)]
-    mix = rng.random(e) < 0.1
-    dst[mix] = rng.integers(0, n, mix.sum())
-    return src, dst
 
 
 def _csr(d, n, src, dst):

@@ -7,20 +7,13 @@ import pytest
 from oocgnn.errors import ConfigError
 from oocgnn.prepare.csr import build_csr
 from oocgnn.prepare.partition import choose_method, partition_graph
+from oocgnn.testing.graphs import community_edges
 
 
 @pytest.fixture(scope="module")
 def community_csr(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    n, e, k = 20_000, 150_000, 16
-    comm = rng.integers(0, k, n)
-    order = np.argsort(comm)
-    starts = np.searchsorted(comm[order], np.arange(k + 1))
-    src = rng.integers(0, n, e)
-    c = comm[src]
-    dst = order[starts[c] + (rng.random(e) * (starts[c + 1] - starts[c])).astype(np.int64)]
-    mix = rng.random(e) < 0.1
-    dst[mix] = rng.integers(0, n, mix.sum())
+    n = 20_000
+    src, dst = community_edges(n, 150_000, 16, seed=0)
     d = tmp_path_factory.mktemp("csr")
     build_csr(lambda: [(src, dst)], n, d / "ip.npy", d / "ix.npy", d, symmetric=True, memory_budget=1 << 28, progress=False)
     return np.load(d / "ip.npy", mmap_mode="r"), np.load(d / "ix.npy", mmap_mode="r")

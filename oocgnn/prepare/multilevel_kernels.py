@@ -13,6 +13,19 @@ import numpy as np
 from numba import njit
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _connect(i, ptr, cols, w, label, conn, touched):
+    """Add the weight of node ``i``'s edges into ``conn`` per neighbour label; returns how many labels it touched."""
+    nt = 0
+    for j in range(ptr[i], ptr[i + 1]):
+        lab = label[cols[j]]
+        if conn[lab] == 0:
+            touched[nt] = lab
+            nt += 1
+        conn[lab] += w[j]
+    return nt
+
+
 @njit(cache=True, nogil=True)
 def cluster_block(row, ptr, cols, w, vw, label, cweight, max_weight, conn, touched):
     """Each node joins the neighbouring cluster it has most edge weight to, if
@@ -21,13 +34,7 @@ def cluster_block(row, ptr, cols, w, vw, label, cweight, max_weight, conn, touch
     for i in range(len(ptr) - 1):
         u = row + i
         own = label[u]
-        nt = 0
-        for j in range(ptr[i], ptr[i + 1]):
-            lab = label[cols[j]]
-            if conn[lab] == 0:
-                touched[nt] = lab
-                nt += 1
-            conn[lab] += w[j]
+        nt = _connect(i, ptr, cols, w, label, conn, touched)
         best = own
         best_c = conn[own]
         wu = vw[u]
@@ -68,13 +75,7 @@ def refine_block(row, ptr, cols, w, vw, part, psize, cap, conn, touched):
     for i in range(len(ptr) - 1):
         u = row + i
         p = part[u]
-        nt = 0
-        for j in range(ptr[i], ptr[i + 1]):
-            q = part[cols[j]]
-            if conn[q] == 0:
-                touched[nt] = q
-                nt += 1
-            conn[q] += w[j]
+        nt = _connect(i, ptr, cols, w, part, conn, touched)
         own = conn[p]
         wu = vw[u]
         best = p
@@ -106,13 +107,7 @@ def rebalance_candidates(row, ptr, cols, w, vw, part, psize, cap, over, conn, to
         p = part[u]
         if not over[p]:
             continue
-        nt = 0
-        for j in range(ptr[i], ptr[i + 1]):
-            q = part[cols[j]]
-            if conn[q] == 0:
-                touched[nt] = q
-                nt += 1
-            conn[q] += w[j]
+        nt = _connect(i, ptr, cols, w, part, conn, touched)
         own = conn[p]
         best = -1
         best_gain = 0

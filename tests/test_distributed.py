@@ -180,3 +180,29 @@ def test_same_entry_point_under_torchrun(cora, tmp_path) -> None:
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2
     both = train(cora, tmp_path / "run", "--epochs", "2", "--nproc-per-node", "2", *CORA_ARGS)  # same run, requeued
     assert both.returncode == 0 and "already holds this finished run" in both.stderr
+
+
+def test_sigterm_to_the_launcher_checkpoints_every_rank_then_resumes(cora, tmp_path) -> None:
+    """A scheduler's SIGTERM reaches every rank once: all checkpoint at the same step, exit 75; rerun resumes."""
+    from oocgnn.checkpoint import EXIT_PREEMPTED
+
+    cmd = [sys.executable, "-m", "oocgnn.cli.main", "train", "--data", str(cora), "--run-dir", str(tmp_path / "run"),
+           "--epochs", "30", "--nproc-per-node", "2", *CORA_ARGS]
+    launcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not (tmp_path / "run" / "metrics.jsonl").exists():
+            assert launcher.poll() is None, launcher.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        launcher.send_signal(signal.SIGTERM)
+        _, err = launcher.communicate(timeout=120)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode == EXIT_PREEMPTED, err
+    assert "stopped by SIGTERM" in err and "error" not in err
+    assert not (tmp_path / "run" / "summary.json").exists()
+    again = train(cora, tmp_path / "run", "--epochs", "30", "--nproc-per-node", "2", *CORA_ARGS)
+    assert again.returncode == 0 and "resuming from checkpoint" in again.stderr, again.stderr
+    assert summary(tmp_path / "run")["epochs"] == 30

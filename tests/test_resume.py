@@ -108,7 +108,6 @@ def test_kill9_then_sigterm_then_resume_is_bitwise_exact(store, reference_inproc
     assert_bitwise(reference_inproc, run_dir)
 
 
-@pytest.mark.slow
 def test_kill9_during_pushes_through_the_row_gather_engine_resumes_bitwise(store, reference, tmp_path):
     """SIGKILL while pushes land, with every halo row read by the engine's ``pread`` kernel.
 

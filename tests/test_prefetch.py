@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import threading
-import time
 
-import numpy as np
 import pytest
 import torch
 
-from oocgnn.prefetch import BatchLoader, Prefetcher
+from oocgnn.prefetch import BatchLoader
 from oocgnn.testing.stores import make_store, random_graph
 from oocgnn.train.config import IOConfig, ModelConfig, OptimConfig, RunConfig
 from oocgnn.train.loop import Trainer
@@ -43,35 +41,38 @@ def test_prefetch_and_threads_do_not_change_results(store, tmp_path, io) -> None
     assert s["best_valid_acc"] == s_ref["best_valid_acc"]
 
 
-class SlowLoader(BatchLoader):
-    """Adds a fixed delay per gather, like zarr's LatencyStore, to stand in for a slow disk."""
+class CountingLoader(BatchLoader):
+    """Counts ``load`` calls and signals once ``target`` of them have started (no timing involved)."""
 
-    delay = 0.02
+    def __init__(self, *args, target: int = 0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.calls, self.target, self.reached = 0, target, threading.Event()
 
-    def _gather(self, src, ids, out):
-        time.sleep(self.delay)
-        super()._gather(src, ids, out)
-
-
-def _wait_fraction(tr: Trainer, depth: int) -> float:
-    tr.cfg.io.prefetch = depth
-    loader = SlowLoader(tr.indptr, tr.indices, tr.features, tr.histories, [0], tr.pool, tr.cfg.io.io_threads)
-    pf = tr.prefetcher(tr.plan(0), loader)
-    t0 = time.perf_counter()
-    for _ in pf:
-        time.sleep(0.1)  # simulated compute, 2.5x the I/O of one batch (margin for a loaded box)
-    return pf.stats.io_wait_s / (time.perf_counter() - t0)
+    def load(self, ranges, slot):
+        self.calls += 1
+        if self.calls >= self.target:
+            self.reached.set()
+        return super().load(ranges, slot)
 
 
-def test_prefetch_hides_latency(store) -> None:
+def test_prefetch_reads_ahead_while_a_batch_is_in_use(store) -> None:
+    """Depth d: while the consumer still holds batch 0, the worker loads d more batches on its own;
+    depth 0: a batch is loaded only when asked for (synchronous)."""
     cfg = RunConfig(model=ModelConfig(layers=2, hidden=8), train=OptimConfig(parts_per_batch=1),
                     io=IOConfig(prefetch=3, io_threads=1, cache="none"))
     tr = Trainer(store, cfg, None)
-    sync = _wait_fraction(tr, 0)
-    ahead = _wait_fraction(tr, 3)
+    plan = tr.plan(0)
+    args = (tr.indptr, tr.indices, tr.features, tr.histories, [0], tr.pool, 1)
+    ahead = CountingLoader(*args, target=1 + 3)
+    it = iter(tr.prefetcher(plan, ahead))
+    next(it)                                          # batch 0 is "computing" from here on
+    assert ahead.reached.wait(timeout=60), ahead.calls  # batches 1..3 loaded without being asked for
+    assert len(list(it)) == len(plan) - 1
+    tr.cfg.io.prefetch = 0
+    sync = CountingLoader(*args)
+    for consumed, _ in enumerate(tr.prefetcher(plan, sync), start=1):
+        assert sync.calls == consumed                 # nothing read ahead
     tr.close()
-    assert sync > 0.2           # two delayed gathers (features, history) per 100 ms of compute
-    assert ahead < sync / 3     # the read-ahead overlaps them with compute
 
 
 def test_worker_exception_surfaces_and_threads_join(store) -> None:

@@ -125,6 +125,8 @@ def counted_cluster(*a, **k):
     calls.append(1)
     return cluster(*a, **k)
 def slow_refine(*a, **k):
+    if len(sys.argv) > 4:
+        open(sys.argv[4], "w").close()  # every level is saved: the partitioner is refining now
     time.sleep(slow)
     return refine(*a, **k)
 multilevel.cluster, multilevel.refine = counted_cluster, slow_refine
@@ -145,13 +147,13 @@ def test_kill9_during_partitioning_then_rerun_gives_identical_partition(tmp_path
     script = tmp_path / "build.py"
     script.write_text(textwrap.dedent(_BUILD.format(npz=str(tmp_path / "g.npz"))))
     store = tmp_path / "s"
-    proc = subprocess.Popen([sys.executable, str(script), "30", str(store), str(tmp_path / "calls1")])
-    marker = store / fmt.WORK / "multilevel" / "level1" / "DONE"
+    refining = tmp_path / "refining"
+    proc = subprocess.Popen([sys.executable, str(script), "30", str(store), str(tmp_path / "calls1"), str(refining)])
     deadline = time.monotonic() + 120
-    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert marker.exists(), "the build did not reach the multilevel partitioner"
-    time.sleep(0.2)
+    while not refining.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # polling the marker file, not waiting for something to happen
+    assert refining.exists(), "the build did not reach the multilevel refinement"
+    assert (store / fmt.WORK / "multilevel" / "level1" / "DONE").exists()
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (store / fmt.COMPLETE).exists()

@@ -154,6 +154,8 @@ def test_refusals_are_one_line(cora, tmp_path) -> None:
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "a").exists()
     r = train(cora, tmp_path / "a", "--epochs", "1", "--halo-exchange", "all-to-all", *CORA_ARGS)
     assert r.returncode == 2 and "needs several ranks" in r.stderr
+    r = train(cora, tmp_path / "a", "--epochs", "1", "--dist-timeout", "60", *CORA_ARGS)
+    assert r.returncode == 2 and "--dist-timeout needs several ranks" in r.stderr
     done = train(cora, tmp_path / "b", "--epochs", "2", "--nproc-per-node", "2", *CORA_ARGS)
     assert done.returncode == 0, done.stderr
     again = train(cora, tmp_path / "b", "--epochs", "2", "--nproc-per-node", "2", *CORA_ARGS)  # a requeued job

@@ -137,7 +137,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "and ships fresh ones to the ranks that need them once per step, one step stale (the "
                         "cross-host path; forcing it on one host tests it); auto = shared-files when every rank is on "
                         "one host (default auto)")
-    g.add_argument("--dist-timeout", type=float, default=1800.0, metavar="SECONDS",
+    g.add_argument("--dist-timeout", type=float, metavar="SECONDS",
                    help="a collective waiting longer than this for a peer fails the run (rank 0 evaluates while "
                         "the others wait: keep it above an evaluation's time) (default 1800)")
     g = p.add_argument_group("evaluation")
@@ -227,12 +227,16 @@ def _check_ranks(args: argparse.Namespace, cfg: RunConfig) -> None:
     if args.nproc_per_node > 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _is_launched_rank():
         raise ConfigError("--nproc-per-node starts ranks itself; under torchrun (WORLD_SIZE is set) use "
                           "torchrun's --nproc-per-node instead")
-    if args.dist_timeout <= 0:
+    if args.dist_timeout is not None and args.dist_timeout <= 0:
         raise ConfigError(f"--dist-timeout must be > 0 seconds, got {args.dist_timeout}")
     world = max(args.nproc_per_node, int(os.environ.get("WORLD_SIZE", "1")))
     check_supported(cfg, world)
-    if world == 1 and args.halo_exchange != "auto":
-        raise ConfigError(f"--halo-exchange {args.halo_exchange} needs several ranks (--nproc-per-node N or torchrun)")
+    if world == 1:  # options of several ranks would silently do nothing
+        if args.halo_exchange != "auto":
+            raise ConfigError(f"--halo-exchange {args.halo_exchange} needs several ranks (--nproc-per-node N or "
+                              f"torchrun)")
+        if args.dist_timeout is not None:
+            raise ConfigError("--dist-timeout needs several ranks (--nproc-per-node N or torchrun)")
 
 
 def _finished(args: argparse.Namespace, cfg: RunConfig, ds: Any, world_size: int) -> bool:
@@ -251,7 +255,7 @@ def _finished(args: argparse.Namespace, cfg: RunConfig, ds: Any, world_size: int
 
 
 def run(args: argparse.Namespace) -> int:
-    from oocgnn.train.dist import DistContext
+    from oocgnn.train.dist import DEFAULT_TIMEOUT_S, DistContext
 
     cfg = resolve_config(args)
     _check_ranks(args, cfg)
@@ -262,7 +266,8 @@ def run(args: argparse.Namespace) -> int:
         from oocgnn.cli.launch import launch
 
         return launch(args.argv, args.nproc_per_node)
-    dist = DistContext.from_env(args.halo_exchange, args.dist_timeout, cfg.io.device, args.deterministic)
+    timeout = args.dist_timeout if args.dist_timeout is not None else DEFAULT_TIMEOUT_S
+    dist = DistContext.from_env(args.halo_exchange, timeout, cfg.io.device, args.deterministic)
     try:
         if dist.active:
             import torch

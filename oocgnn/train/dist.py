@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -58,6 +58,8 @@ class DistContext:
     #: shared files, deterministic runs: every rank's pushes of a step land before any rank reads for the
     #: next one (no read-ahead), so what a halo read sees no longer depends on timing
     lockstep: bool = False
+    #: the flat gradient buffer of :meth:`sync_gradients`, allocated once
+    _flat: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     @property
     def active(self) -> bool:
@@ -149,9 +151,11 @@ class DistContext:
         """
         if not params:
             return weight
-        device = params[0].device
         sizes = [p.numel() for p in params]
-        flat = torch.zeros(sum(sizes) + 1, dtype=torch.float32, device=device)
+        flat = self._flat
+        if flat is None or flat.numel() != sum(sizes) + 1 or flat.device != params[0].device:
+            flat = self._flat = torch.empty(sum(sizes) + 1, dtype=torch.float32, device=params[0].device)
+        flat.zero_()  # reused every step: the grads of the last step are views of it, dropped by zero_grad
         if weight:
             o = 0
             for p, n in zip(params, sizes):
@@ -168,7 +172,7 @@ class DistContext:
         flat[:-1] /= total
         o = 0
         for p, n in zip(params, sizes):
-            p.grad = flat[o:o + n].view_as(p).to(p.dtype)
+            p.grad = flat[o:o + n].view_as(p).to(p.dtype)  # a view (float32 params): no copy
             o += n
         return total
 

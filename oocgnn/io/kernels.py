@@ -40,40 +40,15 @@ IOCB_BYTES = 64  #: sizeof(struct iocb); read as int64[8]: data, key|rw_flags, o
 
 
 @njit(nogil=True, cache=True)
-def plan_pages(offs: np.ndarray, row_bytes: int, pages: np.ndarray, pos: np.ndarray) -> int:
-    """Distinct 4 KiB pages that rows at sorted byte offsets ``offs`` touch, in file order.
-
-    Writes the page numbers to ``pages`` (returns how many) and, for each row, the byte
-    position of its first byte in a buffer holding those pages back to back (``pos``).
-    A row spanning pages ``p..q`` finds them adjacent in the buffer, because every page
-    in ``p..q`` is listed and the list is sorted and unique.
-    """
-    n = 0
-    last = -1
-    for j in range(offs.shape[0]):
-        off = offs[j]
-        fp = off // PAGE
-        lp = (off + row_bytes - 1) // PAGE
-        if fp > last:  # a new first page: everything from fp on is new
-            slot = n
-            for p in range(fp, lp + 1):
-                pages[n] = p
-                n += 1
-        else:  # fp..last are the previous row's pages, listed consecutively
-            slot = n - 1 - (last - fp)
-            for p in range(last + 1, lp + 1):
-                pages[n] = p
-                n += 1
-        if lp > last:
-            last = lp
-        pos[j] = slot * PAGE + off % PAGE
-    return n
-
-
-@njit(nogil=True, cache=True)
 def plan_pages_gaps(offs: np.ndarray, start: int, row_bytes: int, max_gap: int, max_pages: int, pages: np.ndarray,
                     pos: np.ndarray) -> int:
-    """:func:`plan_pages` from row ``start`` on, reading through gaps of at most ``max_gap`` pages.
+    """Distinct 4 KiB pages that rows at sorted byte offsets ``offs[start:]`` touch, in file order,
+    reading through gaps of at most ``max_gap`` pages.
+
+    Writes the page numbers to ``pages`` and, for each row, the byte position of its first
+    byte in a buffer holding those pages back to back (``pos``).  A row spanning pages
+    ``p..q`` finds them adjacent in the buffer, because every page in ``p..q`` is listed and
+    the list is sorted and unique.
 
     A gap of unneeded pages between two needed ones is listed (read) too when it is at
     most ``max_gap`` long: at high page density (a halo touching half the pages of a

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from oocgnn.batch import SubgraphBatch
-from oocgnn.batching import group_ranges, partition_halo_sizes
+from oocgnn.batching import RankSplit, group_ranges, partition_halo_sizes
 from oocgnn.cache import begin_epoch_caches, caches_epoch_metrics
 from oocgnn.errors import ConfigError
 from oocgnn.history import HistorySet
@@ -83,7 +83,7 @@ class Trainer:
                               "oocgnn.runner.make_trainer (Trainer alone trains plain GAS)")
         self.ds, self.cfg = ds, cfg
         self.policy: EpochPolicy = policy if policy is not None else GASPolicy()
-        self.dist, self.split = dist, dist.split
+        self.dist = dist
         self.budget = resolve_budget(cfg.io.memory_budget) // dist.local_world_size
         # memmapped store/history pages count in RSS: keep them under a window of the budget from the
         # first read on (the halo sizes below already scan the whole CSR); stopped by close() or GC
@@ -144,6 +144,11 @@ class Trainer:
         self.last_grad_norm: float | None = None  #: gradient norm before clipping at the last step
         #: per layer of the last layer-wise inference: "stream", "gather" or "ram" (oocgnn.train.stream)
         self.inference_paths: list[str] = []
+
+    @property
+    def split(self) -> RankSplit:
+        """This rank's share of every epoch plan (one process: the whole plan)."""
+        return self.dist.split
 
     # ------------------------------------------------------------ staging ring
     def _build_ring(self) -> None:

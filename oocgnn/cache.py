@@ -315,6 +315,9 @@ def attach_feature_cache(trainer: Any) -> None:
     shared_writers = dist is not None and dist.shared_tables
     hist_widths = ([t.channels for t in tables] if tables and all(t.path is not None for t in tables)
                    and not shared_writers else [])
+    if shared_writers and tables:
+        log.info("history caches off: ranks share the history tables, so another rank's push would leave a cached "
+                 "row stale; the feature cache takes their share")
     plan = getattr(trainer, "memory_plan", None)
     if plan is None:  # trainers built without a memory plan (tests): the old rule
         capacity = min(int(max(0, trainer.budget - trainer.ring_bytes) * cfg.cache_fraction)

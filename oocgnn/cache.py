@@ -152,9 +152,28 @@ class FeatureCache:
         """Whether :meth:`begin_epoch` needs :func:`plan_accesses` (Belady, or any shadow)."""
         return self.with_shadow
 
+    @property
+    def released(self) -> bool:
+        """Whether :meth:`release` gave the row buffer back (the next epoch allocates it again)."""
+        return self.buf.shape[0] != self.capacity
+
+    def release(self) -> None:
+        """Free the row buffer and forget every cached row.
+
+        A layer-wise sweep reads no cache, and an input table loaded whole into RAM
+        (:mod:`oocgnn.train.stream`) serves every row a cache could: at billion scale the
+        caches hold the room that table needs.  :meth:`begin_epoch` allocates the buffer
+        again, and the rows come back as the next epoch reads them.
+        """
+        self.buf = torch.empty(0, self.width, dtype=torch.float32)
+        self.accesses = self.nus = None  # the epoch's access stream (Belady): begin_epoch loads it again
+        self._reset()
+
     def begin_epoch(self, trainer: Any, plan: list[Ranges], pre: tuple | None = None) -> None:
         """Load the epoch's access stream; ``pre`` = :func:`plan_accesses` shared by several caches."""
         self.t = 0
+        if self.released:
+            self.buf = torch.empty(self.capacity, self.width, dtype=torch.float32)
         if not self.needs_stream:
             self.accesses = self.nus = None
             self.policy.hits = self.policy.accesses = 0
@@ -267,11 +286,23 @@ class HistoryCache(FeatureCache):
         with self.lock:
             self._reset()
 
+    def release(self) -> None:
+        with self.lock:  # a land may be refreshing cached rows right now
+            super().release()
+
 
 def row_caches(trainer: Any) -> list[FeatureCache]:
     """The trainer's feature cache and history caches that exist."""
     hist = [c for c in (getattr(trainer, "hist_caches", None) or []) if c is not None]
     return ([trainer.cache] if getattr(trainer, "cache", None) is not None else []) + hist
+
+
+def release_row_caches(trainer: Any) -> int:
+    """Free every row cache's buffer (see :meth:`FeatureCache.release`); returns the bytes the plan gave them."""
+    caches = [c for c in row_caches(trainer) if not c.released]
+    for c in caches:
+        c.release()
+    return int(trainer.memory_plan.get("cache_bytes", 0)) if caches and getattr(trainer, "memory_plan", None) else 0
 
 
 def begin_epoch_caches(trainer: Any, plan: list[Ranges]) -> None:

@@ -12,6 +12,7 @@ from oocgnn.cli.main import main
 from oocgnn.cli.train import add_parser, resolve_config
 from oocgnn.config import IOConfig
 from oocgnn.errors import ConfigError, ReadError
+from oocgnn.cache import row_caches
 from oocgnn.checkpoint.compat import config_differences
 from oocgnn.runner import make_trainer
 from oocgnn.store.npyfile import create_npy_memmap
@@ -19,7 +20,7 @@ from oocgnn.testing.stores import make_store, random_graph
 from oocgnn.train import stream as stream_mod
 from oocgnn.train.config import ModelConfig, OptimConfig, RunConfig
 from oocgnn.train.evaluate import layerwise_inference
-from oocgnn.train.stream import load_table, stream_room
+from oocgnn.train.stream import STREAM_MAX_SHARE, load_table, stream_room
 from oocgnn.utils.memory import PeakRSSMonitor, current_anon_rss
 
 
@@ -101,7 +102,7 @@ def test_stream_room_respects_budget_and_plan(store, tmp_path) -> None:
     try:
         plan = tr.memory_plan
         room = stream_room(tr)
-        assert 0 < room <= tr.budget // 2
+        assert 0 < room <= int(tr.budget * STREAM_MAX_SHARE)
         assert room + current_anon_rss() + plan["mapped_window_bytes"] <= tr.budget
         tr.budget = plan["planned_peak_anon_bytes"] + plan["mapped_window_bytes"]  # the plan takes it all
         assert stream_room(tr) == 0
@@ -124,6 +125,47 @@ def test_streaming_peak_stays_under_budget(tmp_path) -> None:
     finally:
         tr.close()
     assert mon.peak_anon <= budget, (mon.peak_anon - budget) / 2**20
+
+
+def test_auto_frees_the_row_caches_to_stream_and_the_next_epoch_refills_them(tmp_path, monkeypatch, caplog) -> None:
+    """A table that fits only once the caches are freed: auto frees them, streams, and the next epoch
+    allocates them again; caches are exact, so every number equals a run that gathered instead."""
+    g = random_graph(num_nodes=20_000, num_edges=200_000, num_features=32, num_classes=4, seed=5)
+    ds = make_store(tmp_path / "s", g["edge_index"], g["x"], g["y"], g["splits"], 8)
+    real_room = stream_mod.stream_room
+
+    def room_only_without_caches(tr, without_caches: bool = False) -> int:
+        freed = without_caches or all(c.released for c in row_caches(tr))
+        return real_room(tr, without_caches) if freed else 0
+
+    monkeypatch.setattr(stream_mod, "stream_room", room_only_without_caches)
+    out = {}
+    for stream in ("auto", "off"):
+        cfg = RunConfig.from_dict({"io": {"memory_budget": "2GB", "io_threads": 2, "stream_inference": stream},
+                                   "model": {"hidden": 32, "layers": 3}, "train": {"epochs": 2, "parts_per_batch": 2}})
+        tr = make_trainer(ds, cfg, tmp_path / stream)
+        try:
+            caches = [tr.cache, *tr.hist_caches]
+            tr.train_epoch()
+            assert all(len(c.policy.ids) > 0 for c in caches)  # filled by the epoch
+            with caplog.at_level(logging.INFO, logger="oocgnn.train.stream"):
+                preds = layerwise_inference(tr, refresh=True)
+            if stream == "auto":
+                assert tr.inference_paths == ["stream"] * 3
+                assert "once the row caches" in caplog.text and all(c.released for c in caches)
+                assert all(c.buf.numel() == 0 for c in caches)
+            else:
+                assert tr.inference_paths == ["gather"] * 3 and not any(c.released for c in caches)
+            rec = tr.train_epoch()  # allocates the buffers again
+            assert not any(c.released for c in caches) and all(len(c.policy.ids) > 0 for c in caches)
+            out[stream] = (preds, rec["loss"], [p.detach().clone() for p in tr.model.parameters()],
+                           [np.asarray(t.array).copy() for t in tr.histories.tables])
+        finally:
+            tr.close()
+    a, b = out["auto"], out["off"]
+    assert np.array_equal(a[0], b[0]) and a[1] == b[1]
+    assert all(torch.equal(x, y) for x, y in zip(a[2], b[2]))
+    assert all(x.tobytes() == y.tobytes() for x, y in zip(a[3], b[3]))
 
 
 @pytest.mark.parametrize("layout", ["aligned", "numpy"])

@@ -20,6 +20,13 @@ what inference allocates beyond the plan (predictions and the scratch tables'
 last-push steps, 8 bytes per node each), again.  A table that does not fit is
 gathered batch by batch as before.
 
+The row caches take what the plan leaves during training, so on a large graph they hold
+exactly the room a table would need.  A sweep reads no cache, and a table in RAM serves
+every row a cache could, so when a table fits only without them, ``auto`` frees the
+caches (:func:`oocgnn.cache.release_row_caches`) and streams; the next epoch allocates
+them again and they refill as it reads (the billion-edge store at fp16: 6.4 GB tables,
+12 GB budget, caches ~8 GB).
+
 ``--stream-inference on|off`` forces the choice (tests, benchmarks); ``auto`` decides
 per layer.  Sources already in RAM (history tables without a run dir or with
 ``--in-memory``) are indexed directly and never copied.  (``--in-memory`` features
@@ -35,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from oocgnn.cache import release_row_caches, row_caches
 from oocgnn.errors import ConfigError, ReadError
 from oocgnn.io import file_region
 from oocgnn.utils.memory import current_anon_rss, format_size
@@ -42,26 +50,34 @@ from oocgnn.utils.memory import current_anon_rss, format_size
 log = logging.getLogger(__name__)
 
 MODES = ("auto", "on", "off")
-#: an in-RAM input table may take at most this share of --memory-budget
-STREAM_MAX_SHARE = 0.5
+#: an in-RAM input table may take at most this share of --memory-budget (the rest of the
+#: reservation below already counts every other allocation, twice where unsure)
+STREAM_MAX_SHARE = 0.75
 #: bytes per sequential read while loading a table (large: one syscall per 64 MiB)
 READ_CHUNK_BYTES = 64 << 20
 
 
-def stream_room(trainer: Any) -> int:
-    """Bytes an in-RAM input table may take during inference without leaving the budget (see module doc)."""
+def stream_room(trainer: Any, without_caches: bool = False) -> int:
+    """Bytes an in-RAM input table may take during inference without leaving the budget (see module doc).
+
+    ``without_caches``: the room once the row caches are freed (or already are).
+    """
     plan = trainer.memory_plan
     budget = int(trainer.budget)
     baseline, ring = int(plan["baseline_anon_bytes"]), int(plan["staging_ring_bytes"])
+    caches = row_caches(trainer)
+    held_now = bool(caches) and not all(c.released for c in caches)
+    held = held_now and not without_caches
     # allocated once and kept: resident now once touched, else still to come
-    persistent = ring + int(plan.get("cache_bytes", 0)) + int(plan.get("belady_bytes", 0))
+    persistent = ring + (int(plan.get("cache_bytes", 0)) + int(plan.get("belady_bytes", 0)) if held else 0)
     # allocated per batch and freed: subgraphs, activations, write-behind, runtime, engine buffer
     transient = int(plan["planned_peak_anon_bytes"]) - baseline - ring
     # what inference adds beyond the plan: predictions, and the scratch tables' last-push steps (8 B/row each);
     # counted again in case the ring and caches are not touched yet (fill_histories before the first step)
     extra = 8 * int(trainer.ds.num_nodes) * (1 + len(trainer.model.history_channels))
-    reserved = (int(plan["mapped_window_bytes"]) + transient + extra
-                + max(current_anon_rss(), baseline + persistent))
+    # freeing held caches gives back at least their row buffers (the access stream too, not counted)
+    anon = current_anon_rss() - (int(plan.get("cache_bytes", 0)) if without_caches and held_now else 0)
+    reserved = int(plan["mapped_window_bytes"]) + transient + extra + max(anon, baseline + persistent)
     return max(0, min(int(budget * STREAM_MAX_SHARE), budget - reserved))
 
 
@@ -82,6 +98,12 @@ def choose(trainer: Any, array: np.ndarray, mode: str) -> tuple[bool, str]:
         return True, "--stream-inference on"
     if array.nbytes <= room:
         return True, f"fits the {format_size(room)} the memory plan leaves"
+    if row_caches(trainer) and array.nbytes <= stream_room(trainer, without_caches=True):
+        freed = release_row_caches(trainer)
+        room = stream_room(trainer)
+        if array.nbytes <= room:
+            return True, (f"fits the {format_size(room)} the memory plan leaves once the row caches ({format_size(freed)}) "
+                          f"are freed; the next epoch refills them")
     return False, f"more than the {format_size(room)} the memory plan leaves"
 
 

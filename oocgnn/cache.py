@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from oocgnn.batching import Ranges
+from oocgnn.lru import LRUPolicy
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +67,15 @@ def next_uses(accesses: list[np.ndarray]) -> list[np.ndarray]:
 
 
 class Policy:
-    """Cache content as sorted ids with a priority; smaller priority = evicted last."""
+    """Belady cache content as sorted ids with a priority (next use); smaller priority = evicted last.
 
-    def __init__(self, capacity: int, kind: str) -> None:
+    Re-ranks ``cached ∪ accessed`` every batch, O(capacity log capacity): used where the
+    access stream fits the budget; LRU is :class:`oocgnn.lru.LRUPolicy` (O(rows accessed)).
+    """
+
+    def __init__(self, capacity: int, kind: str = "belady") -> None:
+        if kind != "belady":
+            raise ValueError(f"Policy is Belady's; LRU is oocgnn.lru.LRUPolicy (got {kind!r})")
         self.capacity, self.kind = int(capacity), kind
         self.ids = np.empty(0, np.int64)
         self.prio = np.empty(0, np.int64)
@@ -76,6 +83,16 @@ class Policy:
         self.free = np.arange(self.capacity, dtype=np.int64)[::-1].copy()  # stack of free slots, top = last
         self.n_free = self.capacity
         self.hits = self.accesses = 0
+
+    @property
+    def size(self) -> int:
+        """Rows cached now."""
+        return len(self.ids)
+
+    def cached_slots(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(mask of ``ids`` cached now, their slots)."""
+        hit, pos = self.lookup(np.asarray(ids, dtype=np.int64))
+        return hit, self.slot[pos[hit]]
 
     def lookup(self, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         pos = np.searchsorted(self.ids, a)
@@ -86,7 +103,7 @@ class Policy:
     def step(self, a: np.ndarray, nu: np.ndarray, clock: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Access sorted unique ``a`` at batch ``t``.
 
-        ``nu`` is each id's next use (Belady), ``clock`` a run-wide batch counter (LRU).
+        ``nu`` is each id's next use; ``clock`` (a run-wide batch counter) is LRU's, unused here.
         Returns (hit mask, slots of hits, positions in ``a`` inserted, their slots).
         """
         hit, pos = self.lookup(a)
@@ -97,10 +114,7 @@ class Policy:
         keep_old[pos[hit]] = False
         # candidates: untouched cached rows and every accessed row
         c_ids = np.concatenate((self.ids[keep_old], a))
-        if self.kind == "belady":
-            c_prio = np.concatenate((self.prio[keep_old], nu))        # next use: keep smallest
-        else:
-            c_prio = np.concatenate((self.prio[keep_old], np.full(len(a), -clock, np.int64)))  # -last use
+        c_prio = np.concatenate((self.prio[keep_old], nu))        # next use: keep smallest
         c_slot = np.concatenate((self.slot[keep_old], np.full(len(a), -1, np.int64)))
         c_slot[len(c_slot) - len(a):][hit] = hit_slots
         # rows with no further use this epoch (INF) stay only while there is room:
@@ -124,6 +138,11 @@ class Policy:
         return hit, hit_slots, ins_pos, new_slots
 
 
+def make_policy(capacity: int, kind: str) -> Policy | LRUPolicy:
+    """The policy object of ``kind`` (``belady`` or ``lru``)."""
+    return LRUPolicy(capacity) if kind == "lru" else Policy(capacity, kind)
+
+
 class FeatureCache:
     """Row cache used by :class:`~oocgnn.prefetch.BatchLoader` for halo feature rows.
 
@@ -144,8 +163,9 @@ class FeatureCache:
         self._reset()
 
     def _reset(self) -> None:
-        self.policy = Policy(self.capacity, self.kind)
-        self.shadow = Policy(self.capacity, "lru" if self.kind == "belady" else "belady") if self.with_shadow else None
+        self.policy = make_policy(self.capacity, self.kind)
+        self.shadow = make_policy(self.capacity, "lru" if self.kind == "belady" else "belady") \
+            if self.with_shadow else None
 
     @property
     def needs_stream(self) -> bool:
@@ -273,11 +293,11 @@ class HistoryCache(FeatureCache):
     def on_land(self, ids: np.ndarray, values: np.ndarray) -> None:
         """A push of ``values[i]`` (table dtype) to row ``ids[i]`` has been written: refresh cached copies."""
         with self.lock:
-            if not len(self.policy.ids) or not len(ids):
+            if not self.policy.size or not len(ids):
                 return
-            hit, pos = self.policy.lookup(np.asarray(ids, dtype=np.int64))
+            hit, slots = self.policy.cached_slots(ids)
             if hit.any():
-                self.buf[torch.from_numpy(self.policy.slot[pos[hit]])] = torch.from_numpy(
+                self.buf[torch.from_numpy(slots)] = torch.from_numpy(
                     np.ascontiguousarray(values[hit])).to(torch.float32)
                 self.updated_rows += int(hit.sum())
 

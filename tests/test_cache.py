@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from oocgnn.cache import INF, FeatureCache, Policy, next_uses
+from oocgnn.lru import LRUPolicy
 
 
 def test_next_uses() -> None:
@@ -24,7 +25,7 @@ def test_belady_beats_lru_and_never_exceeds_capacity() -> None:
     for seed in range(5):
         acc = _stream(seed)
         nus = next_uses(acc)
-        bel, lru = Policy(20, "belady"), Policy(20, "lru")
+        bel, lru = Policy(20, "belady"), LRUPolicy(20)
         for t, (a, nu) in enumerate(zip(acc, nus)):
             bel.step(a, nu, t)
             lru.step(a, nu, t)
@@ -78,3 +79,40 @@ def test_lru_without_access_stream_serves_exact_rows_and_matches_the_lru_shadow(
 def test_belady_without_stream_is_refused() -> None:
     with pytest.raises(ValueError):
         FeatureCache(capacity=3, width=2, row_bytes=8, policy="belady", shadow=False)
+
+
+def _reference_lru(stream: list[np.ndarray], capacity: int) -> list[int]:
+    """Hits per batch of a plain per-row LRU (OrderedDict) with batch-granular recency."""
+    import collections
+
+    cache: collections.OrderedDict[int, None] = collections.OrderedDict()
+    hits = []
+    for a in stream:
+        hits.append(sum(int(x) in cache for x in a))
+        for x in a:  # every row of the batch becomes most recent (ties: ascending id, like LRUPolicy)
+            cache.pop(int(x), None)
+            cache[int(x)] = None
+        while len(cache) > capacity:
+            cache.popitem(last=False)
+    return hits
+
+
+@pytest.mark.parametrize("capacity", [1, 7, 30, 120, 1000])
+def test_lru_policy_matches_a_reference_lru_and_keeps_its_maps_consistent(capacity) -> None:
+    acc = _stream(11, batches=60, n=300) + [np.arange(0, 300, 2)] + _stream(12, batches=20, n=300)
+    ref = _reference_lru(acc, capacity)
+    lru = LRUPolicy(capacity)
+    same = True  # until a batch larger than the cache: which of its rows stay is a free choice
+    for t, a in enumerate(acc):
+        h0 = lru.hits
+        hit, hit_slots, ins_pos, new_slots = lru.step(a, None, t)
+        same &= len(a) <= capacity
+        if same:
+            assert lru.hits - h0 == ref[t], t
+        assert lru.size <= capacity and len(set(new_slots.tolist()) | set(hit_slots.tolist())) == len(new_slots) + len(hit_slots)
+        cached = np.flatnonzero(lru.slot_of >= 0)
+        assert len(cached) == lru.size and np.array_equal(lru.id_of[lru.slot_of[cached]], cached)
+        m, s = lru.cached_slots(a[ins_pos])
+        assert m.all() and np.array_equal(s, new_slots)
+    assert lru._queued <= 3 * capacity + 300  # stale queue entries are compacted
+

@@ -147,7 +147,7 @@ def test_auto_frees_the_row_caches_to_stream_and_the_next_epoch_refills_them(tmp
         try:
             caches = [tr.cache, *tr.hist_caches]
             tr.train_epoch()
-            assert all(len(c.policy.ids) > 0 for c in caches)  # filled by the epoch
+            assert all(c.policy.size > 0 for c in caches)  # filled by the epoch
             with caplog.at_level(logging.INFO, logger="oocgnn.train.stream"):
                 preds = layerwise_inference(tr, refresh=True)
             if stream == "auto":
@@ -157,7 +157,7 @@ def test_auto_frees_the_row_caches_to_stream_and_the_next_epoch_refills_them(tmp
             else:
                 assert tr.inference_paths == ["gather"] * 3 and not any(c.released for c in caches)
             rec = tr.train_epoch()  # allocates the buffers again
-            assert not any(c.released for c in caches) and all(len(c.policy.ids) > 0 for c in caches)
+            assert not any(c.released for c in caches) and all(c.policy.size > 0 for c in caches)
             out[stream] = (preds, rec["loss"], [p.detach().clone() for p in tr.model.parameters()],
                            [np.asarray(t.array).copy() for t in tr.histories.tables])
         finally:

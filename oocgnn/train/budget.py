@@ -39,6 +39,7 @@ import numpy as np
 
 from oocgnn.batching import BUILD_BYTES_PER_EDGE, KEPT_BYTES_PER_EDGE
 from oocgnn.errors import ConfigError
+from oocgnn.lru import LRUPolicy
 from oocgnn.utils.memory import current_anon_rss, format_size
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,8 @@ log = logging.getLogger(__name__)
 ACT_TENSORS_PER_LAYER = 2
 #: backward of a CSR ``sparse.mm`` transposes the adjacency (int64 indices + sort)
 ACT_BYTES_PER_EDGE = 24
-#: Belady bookkeeping per cached row (ids, priority, slot, free stack; policy + shadow)
+#: policy bookkeeping per cached row (Belady: ids, priority, slot, free stack; LRU: id, last use, free
+#: stack, eviction queue), a Belady policy and its LRU shadow
 CACHE_META_PER_ROW = 2 * 32
 #: torch runtime, thread stacks and per-thread malloc arenas once training runs
 RUNTIME_RESERVE = 48 << 20
@@ -149,10 +151,12 @@ def cache_capacity(trainer: Any, width: int, hist_widths: list[int] | tuple[int,
     reads per row are equal and the share proportional to row bytes x reads gives
     every cache the same number of rows.
     """
-    room = trainer.memory_plan["cache_room_bytes"] * trainer.cfg.io.cache_fraction
+    # every cache has one LRU policy (its own, or the shadow of a Belady one): a 4-byte slot per node id
+    per_node = LRUPolicy.BYTES_PER_NODE * (1 + len(hist_widths)) * trainer.ds.num_nodes
+    room = max(0.0, trainer.memory_plan["cache_room_bytes"] * trainer.cfg.io.cache_fraction - per_node)
     per_row = sum(w * 4 + CACHE_META_PER_ROW for w in (width, *hist_widths))
     rows = min(int(room) // per_row, trainer.ds.num_nodes)
-    trainer.memory_plan["cache_bytes"] = rows * per_row
+    trainer.memory_plan["cache_bytes"] = rows * per_row + (per_node if rows else 0)
     trainer.memory_plan["feature_cache_bytes"] = rows * (width * 4 + CACHE_META_PER_ROW)
     trainer.memory_plan["hist_cache_bytes"] = rows * sum(w * 4 + CACHE_META_PER_ROW for w in hist_widths)
     return rows

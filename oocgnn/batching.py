@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from numba import njit
 
 Ranges = list[tuple[int, int]]
 
@@ -133,14 +134,27 @@ def partition_halo_sizes(indptr: np.ndarray, indices: np.ndarray, partition_ptr:
 
     The halo of a group is a subset of the union of its members' halos, so the sum
     over a group bounds the group's halo: that sizes the staging ring exactly enough
-    without building every batch of every epoch.
+    without building every batch of every epoch.  One nogil loop stamps each neighbour
+    with the partition that counted it (4 bytes per node, freed after): no sort, so the
+    billion-edge store's 250 partitions take seconds where ``np.unique`` per partition
+    took minutes at every train start.
     """
+    stamp = np.full(len(indptr) - 1, -1, dtype=np.int32)
+    return _halo_sizes(np.asarray(indptr), np.asarray(indices), np.asarray(partition_ptr, dtype=np.int64), stamp)
+
+
+@njit(nogil=True, cache=True)
+def _halo_sizes(indptr: np.ndarray, indices: np.ndarray, partition_ptr: np.ndarray, stamp: np.ndarray) -> np.ndarray:
     sizes = np.zeros(len(partition_ptr) - 1, dtype=np.int64)
     for p in range(len(sizes)):
-        s, e = int(partition_ptr[p]), int(partition_ptr[p + 1])
-        cols = np.asarray(indices[int(indptr[s]):int(indptr[e])])
-        out = cols[(cols < s) | (cols >= e)]
-        sizes[p] = len(np.unique(out))
+        s, e = partition_ptr[p], partition_ptr[p + 1]
+        n = 0
+        for k in range(indptr[s], indptr[e]):
+            c = indices[k]
+            if (c < s or c >= e) and stamp[c] != p:
+                stamp[c] = p
+                n += 1
+        sizes[p] = n
     return sizes
 
 
@@ -274,3 +288,57 @@ def build_subgraph(indptr: np.ndarray, indices: np.ndarray, ranges: Ranges) -> S
     weight[is_self] = w_edge
     return SubgraphStructure(ranges=list(ranges), n_id=n_id, batch_size=B, crow=crow, col=col,
                              weight=weight, deg=deg_b.astype(np.float32))
+
+
+def batch_halo(indptr: np.ndarray, indices: np.ndarray, ranges: Ranges) -> np.ndarray:
+    """Sorted unique out-of-batch neighbours of a batch (its halo as a set)."""
+    cols = np.concatenate([np.asarray(indices[int(indptr[s]):int(indptr[e])]) for s, e in ranges]).astype(np.int64)
+    inb = np.zeros(len(cols), dtype=bool)
+    for s, e in ranges:
+        inb |= (cols >= s) & (cols < e)
+    return np.unique(cols[~inb])
+
+
+class HaloFinder:
+    """:func:`batch_halo` for many batches of one graph, without sorting every edge.
+
+    Keeps a stamp per node (4 bytes per node): one nogil pass marks the batch rows,
+    then collects each unmarked neighbour once; only the halo itself (not every edge,
+    ~9x more on the billion-edge store) is sorted.
+    """
+
+    BYTES_PER_NODE = 4
+
+    def __init__(self, indptr: np.ndarray, indices: np.ndarray) -> None:
+        self.indptr, self.indices = np.asarray(indptr), np.asarray(indices)
+        self.stamp = np.zeros(len(self.indptr) - 1, dtype=np.int32)
+        self.mark = 0
+
+    def __call__(self, ranges: Ranges) -> np.ndarray:
+        self.mark += 1
+        if self.mark == np.iinfo(np.int32).max:
+            self.stamp[:] = 0
+            self.mark = 1
+        starts = np.array([s for s, _ in ranges], dtype=np.int64)
+        ends = np.array([e for _, e in ranges], dtype=np.int64)
+        nnz = int(sum(int(self.indptr[e]) - int(self.indptr[s]) for s, e in ranges))
+        out = np.empty(nnz, dtype=np.int64)
+        n = _collect_halo(self.indptr, self.indices, starts, ends, self.stamp, self.mark, out)
+        return np.sort(out[:n])
+
+
+@njit(nogil=True, cache=True)
+def _collect_halo(indptr: np.ndarray, indices: np.ndarray, starts: np.ndarray, ends: np.ndarray, stamp: np.ndarray,
+                  mark: int, out: np.ndarray) -> int:
+    for r in range(len(starts)):
+        for v in range(starts[r], ends[r]):
+            stamp[v] = mark
+    n = 0
+    for r in range(len(starts)):
+        for k in range(indptr[starts[r]], indptr[ends[r]]):
+            c = indices[k]
+            if stamp[c] != mark:
+                stamp[c] = mark
+                out[n] = c
+                n += 1
+    return n

@@ -36,21 +36,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from oocgnn.batching import Ranges
+from oocgnn.batching import Ranges, batch_halo
 from oocgnn.lru import LRUPolicy
+from oocgnn.read_ahead import attach_read_ahead
 
 log = logging.getLogger(__name__)
 
 INF = np.iinfo(np.int64).max
-
-
-def batch_halo(indptr: np.ndarray, indices: np.ndarray, ranges: Ranges) -> np.ndarray:
-    """Sorted unique out-of-batch neighbours of a batch (its halo as a set)."""
-    cols = np.concatenate([np.asarray(indices[int(indptr[s]):int(indptr[e])]) for s, e in ranges]).astype(np.int64)
-    inb = np.zeros(len(cols), dtype=bool)
-    for s, e in ranges:
-        inb |= (cols >= s) & (cols < e)
-    return np.unique(cols[~inb])
 
 
 def next_uses(accesses: list[np.ndarray]) -> list[np.ndarray]:
@@ -158,8 +150,10 @@ class FeatureCache:
         self.capacity, self.width, self.row_bytes, self.kind = int(capacity), width, row_bytes, policy
         self.with_shadow = shadow
         self.buf = torch.empty(self.capacity, width, dtype=torch.float32)
-        self.last_misses = 0
+        self.last_misses = 0  #: rows the last gather read from disk (its misses and any rows read ahead)
         self.clock = 0  #: batches seen over the whole run (LRU recency survives epochs)
+        self.read_ahead = None  #: oocgnn.read_ahead.ReadAhead of this epoch (LRU at scale), or None
+        self.read_ahead_rows = 0  #: rows read ahead this epoch
         self._reset()
 
     def _reset(self) -> None:
@@ -192,6 +186,7 @@ class FeatureCache:
     def begin_epoch(self, trainer: Any, plan: list[Ranges], pre: tuple | None = None) -> None:
         """Load the epoch's access stream; ``pre`` = :func:`plan_accesses` shared by several caches."""
         self.t = 0
+        self.read_ahead_rows = 0
         if self.released:
             self.buf = torch.empty(self.capacity, self.width, dtype=torch.float32)
         if not self.needs_stream:
@@ -215,15 +210,22 @@ class FeatureCache:
             a, nu = self.accesses[self.t], self.nus[self.t]
             self.shadow.step(a, nu, self.clock)
         hit, hit_slots, ins_pos, ins_slots = self.policy.step(a, nu, self.clock)
-        self.t += 1
-        self.clock += 1
         # halo is in first-seen order; a is sorted: map between them
         where = np.searchsorted(a, halo)
         h_hit = hit[where]
-        tmp = torch.empty(int((~h_hit).sum()), self.width, dtype=torch.float32)
         miss_ids = halo[~h_hit]
-        miss_fn(miss_ids, tmp)
-        self.last_misses = len(miss_ids)
+        ahead = self._ahead_ids()
+        nm = len(miss_ids)
+        tmp = torch.empty(nm + len(ahead), self.width, dtype=torch.float32)
+        miss_fn(np.concatenate((miss_ids, ahead)) if len(ahead) else miss_ids, tmp)
+        self.last_misses = nm + len(ahead)
+        if len(ahead):  # as recent as this batch's rows; never evicts them
+            a_pos, a_slots = self.policy.insert(ahead, self.clock)
+            self.buf[torch.from_numpy(a_slots)] = tmp[nm:][torch.from_numpy(a_pos)]
+            self.read_ahead_rows += len(ahead)
+        tmp = tmp[:nm]
+        self.t += 1
+        self.clock += 1
         if h_hit.any():
             slot_of = np.full(len(a), -1, np.int64)
             slot_of[np.flatnonzero(hit)] = hit_slots
@@ -236,6 +238,16 @@ class FeatureCache:
             miss_pos[where[~h_hit]] = np.arange(len(miss_ids))
             self.buf[torch.from_numpy(ins_slots)] = tmp[torch.from_numpy(miss_pos[ins_pos])]
 
+    def _ahead_ids(self) -> np.ndarray:
+        """Upcoming halo rows to read with this batch's misses (see :mod:`oocgnn.read_ahead`), not cached."""
+        if self.read_ahead is None:
+            return np.empty(0, np.int64)
+        up = self.read_ahead.ids_for(id(self), self.t)
+        if len(up):
+            cached, _ = self.policy.cached_slots(up)  # this batch's rows are cached by now too
+            up = up[~cached]
+        return up
+
     def epoch_metrics(self) -> dict[str, Any]:
         return cache_metrics([self], "cache")
 
@@ -247,7 +259,8 @@ def cache_metrics(caches: list[FeatureCache], prefix: str) -> dict[str, Any]:
     acc = sum(c.policy.accesses for c in caches)
     rec = {f"{prefix}_policy": p0.kind, f"{prefix}_rows": caches[0].capacity,
            f"{prefix}_hit_rate": hits / acc if acc else 0.0,
-           f"{prefix}_bytes_saved": sum(c.policy.hits * c.row_bytes for c in caches)}
+           f"{prefix}_bytes_saved": sum(c.policy.hits * c.row_bytes for c in caches),
+           f"{prefix}_read_ahead_rows": sum(c.read_ahead_rows for c in caches)}
     if s0 is None:  # no access stream, no comparison
         return rec
     s_hits = sum(c.shadow.hits for c in caches)
@@ -332,6 +345,7 @@ def begin_epoch_caches(trainer: Any, plan: list[Ranges]) -> None:
         pre = plan_accesses(trainer, plan) if any(c.needs_stream for c in caches) else None
         for c in caches:
             c.begin_epoch(trainer, plan, pre)
+        attach_read_ahead(caches, trainer, plan)
 
 
 def caches_epoch_metrics(trainer: Any) -> dict[str, Any]:

@@ -78,7 +78,7 @@ class IOConfig:
     history_dtype: str = "float32"
     staleness_bound: int = 0
     cache: str = "belady"
-    cache_fraction: float = 0.25
+    cache_fraction: float = 0.8
     in_memory: bool = False
     io_engine: str = "auto"  #: how random rows are read: auto (direct, else pread), direct, pread, mmap
     #: inference sweeps load a layer's input table into RAM: auto (when it fits the budget), on, off

@@ -96,14 +96,16 @@ class LRUPolicy:
         return hit, hit_slots, ins_pos, new_slots
 
     def _take(self, k: int, clock: int) -> np.ndarray:
-        """``k`` slots: free ones first, then the least recently used (never one used at ``clock``)."""
+        """Up to ``k`` slots: free ones first, then the least recently used (never one used at ``clock``)."""
         m = min(k, self.n_free)
         parts = [self.free[self.n_free - m:self.n_free][::-1].copy()]  # popped from the top
         self.n_free -= m
         need = k - m
-        while need > 0:
+        while need > 0 and self._queue:
             c, slots = self._queue[0]
-            live = slots[self.last[slots] == c] if c < clock else slots[:0]
+            if c >= clock:  # only rows used at this batch are left: keep them
+                break
+            live = slots[self.last[slots] == c]
             take, rest = live[:need], live[need:]
             if len(rest):
                 self._queue[0] = (c, rest)
@@ -116,6 +118,26 @@ class LRUPolicy:
             parts.append(take)
             need -= len(take)
         return np.concatenate(parts)
+
+    def insert(self, ids: np.ndarray, clock: int) -> tuple[np.ndarray, np.ndarray]:
+        """Cache sorted unique ``ids`` (none cached) as used at ``clock``, without counting an access.
+
+        Rows read ahead for later batches (:mod:`oocgnn.read_ahead`).  Evicts only rows
+        older than ``clock``, so fewer than ``len(ids)`` may fit: returns (positions in
+        ``ids`` inserted, their slots).
+        """
+        ids = np.asarray(ids, dtype=np.int64)
+        if len(ids):
+            self._grow(int(ids[-1]) + 1)
+        slots = self._take(len(ids), clock)
+        new_ids = ids[: len(slots)]
+        self.id_of[slots] = new_ids
+        self.slot_of[new_ids] = slots
+        self.last[slots] = clock
+        if len(slots):
+            self._queue.append((clock, slots))
+            self._queued += len(slots)
+        return np.arange(len(slots), dtype=np.int64), slots
 
     def _compact(self) -> None:
         """Drop queue entries of slots used again later (each live slot stays queued once)."""

@@ -62,3 +62,25 @@ def test_subgraph_matches_dense_reference(ranges: list) -> None:
     assert np.array_equal(np.bincount(dst, minlength=B), deg[batch].astype(int) - 1)
     np.testing.assert_array_equal(sub.deg, deg[batch] - 1)
     assert sub.crow.dtype == sub.col.dtype and sub.crow.dtype in (np.int32, np.int64)  # int32 when ids fit
+
+
+def test_partition_halo_sizes_and_halo_finder_equal_the_unique_reference() -> None:
+    from oocgnn.batching import HaloFinder, batch_halo, partition_halo_sizes
+
+    rng = np.random.default_rng(4)
+    n, m = 500, 4000
+    src, dst = rng.integers(0, n, m), rng.integers(0, n, m)
+    order = np.argsort(src, kind="stable")
+    indptr = np.concatenate(([0], np.cumsum(np.bincount(src, minlength=n)))).astype(np.int64)
+    indices = dst[order].astype(np.int64)
+    parts = np.array([0, 37, 120, 121, 300, 450, 500], dtype=np.int64)
+    ref = [len(np.unique(indices[indptr[s]:indptr[e]][(indices[indptr[s]:indptr[e]] < s) |
+                                                      (indices[indptr[s]:indptr[e]] >= e)]))
+           for s, e in zip(parts[:-1], parts[1:])]
+    assert partition_halo_sizes(indptr, indices, parts).tolist() == ref
+    find = HaloFinder(indptr, indices)
+    for ranges in ([(0, 37)], [(37, 120), (300, 450)], [(120, 121)], [(0, 500)], [(450, 500), (0, 37), (121, 300)]):
+        assert np.array_equal(find(ranges), batch_halo(indptr, indices, ranges))
+    find.mark = np.iinfo(np.int32).max - 1  # the stamp wraps: cleared, still exact
+    for _ in range(3):
+        assert np.array_equal(find([(37, 120)]), batch_halo(indptr, indices, [(37, 120)]))

@@ -121,3 +121,49 @@ def test_caches_without_access_stream_are_lru_and_bitwise(store, tmp_path, monke
     assert not any("same_size" in k for k in last)
     assert last["hist_cache_push_updates"] > 0
     assert last["history_bytes_read"] < ref[3][-1]["history_bytes_read"]
+    # the next batches' halos were read with the misses (oocgnn.read_ahead), and served later, exactly
+    assert plan["read_ahead_rows"] > 0 and plan["read_ahead_bytes"] > 0
+    first = got[3][0]  # later epochs find every row cached: nothing left to read ahead
+    assert first["cache_read_ahead_rows"] > 0 and first["hist_cache_read_ahead_rows"] > 0
+
+
+def test_read_ahead_serves_the_next_batches_halos_from_one_read(store) -> None:
+    """Batch 0's miss read fetches the halos of batches 1..3 too; they then read nothing, and every row is exact."""
+    from oocgnn.batching import batch_halo, group_ranges
+    from oocgnn.read_ahead import ReadAhead
+
+    indptr, indices = np.asarray(store.indptr), np.asarray(store.indices)
+    parts = np.asarray(store.partition_ptr)
+    plan = [group_ranges(parts, [2 * i, 2 * i + 1]) for i in range(6)]
+    feats = torch.randn(store.num_nodes, 3)
+    cache = FeatureCache(capacity=store.num_nodes, width=3, row_bytes=12, policy="lru", shadow=False)
+    cache.begin_epoch(None, plan)
+    cache.read_ahead = ReadAhead(indptr, indices, plan, max_rows=10 * store.num_nodes, batches=4)
+    reads = []
+
+    def miss(ids, out):
+        reads.append(len(ids))
+        out.copy_(feats[torch.from_numpy(ids)])
+
+    for r in plan:
+        halo = np.random.default_rng(len(reads)).permutation(batch_halo(indptr, indices, r))
+        out = torch.empty(len(halo), 3)
+        cache.gather(halo, out, miss)
+        assert torch.equal(out, feats[torch.from_numpy(halo)])
+    halos = [batch_halo(indptr, indices, r) for r in plan]
+    assert reads[0] == len(np.unique(np.concatenate(halos[:4])))  # batch 0 read its halo and the next three
+    assert reads[1] == reads[2] == reads[3] == 0 and reads[4] > 0  # a new group starts at batch 4
+    assert cache.read_ahead_rows == sum(reads) - len(halos[0]) - len(np.setdiff1d(halos[4], np.concatenate(halos[:4])))
+    assert cache.epoch_metrics()["cache_read_ahead_rows"] == cache.read_ahead_rows
+
+
+def test_lru_insert_never_evicts_rows_of_the_current_batch() -> None:
+    from oocgnn.lru import LRUPolicy
+
+    lru = LRUPolicy(10)
+    lru.step(np.arange(4), None, 0)
+    lru.step(np.arange(4, 10), None, 1)  # full: 0-3 from batch 0, 4-9 from batch 1
+    pos, slots = lru.insert(np.arange(20, 30), 1)  # only batch 0's four rows may go
+    assert len(pos) == 4 and lru.size == 10
+    hit, _ = lru.cached_slots(np.arange(30))
+    assert np.array_equal(np.flatnonzero(hit), np.r_[4:10, 20:24])

@@ -73,7 +73,7 @@ def test_auto_streams_when_it_fits_and_gathers_when_not(store, tmp_path, monkeyp
             a = layerwise_inference(tr, refresh=False)
         assert tr.inference_paths == ["stream"] * 3
         assert "inference layer 0: features" in caplog.text and "streamed" in caplog.text
-        monkeypatch.setattr(stream_mod, "stream_room", lambda trainer: 100)  # no room: batched gathers
+        monkeypatch.setattr(stream_mod, "stream_room", lambda trainer, **kw: 100)  # no room: batched gathers
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="oocgnn.train.stream"):
             b = layerwise_inference(tr, refresh=False)
@@ -104,7 +104,9 @@ def test_stream_room_respects_budget_and_plan(store, tmp_path) -> None:
         room = stream_room(tr)
         assert 0 < room <= int(tr.budget * STREAM_MAX_SHARE)
         assert room + current_anon_rss() + plan["mapped_window_bytes"] <= tr.budget
-        tr.budget = plan["planned_peak_anon_bytes"] + plan["mapped_window_bytes"]  # the plan takes it all
+        # a sweep's working set (the plan's, with one layer's forward activations) takes it all
+        tr.budget = (plan["planned_peak_anon_bytes"] - plan["activation_bytes"] + plan["sweep_activation_bytes"]
+                     + plan["mapped_window_bytes"])
         assert stream_room(tr) == 0
     finally:
         tr.close()
@@ -134,9 +136,9 @@ def test_auto_frees_the_row_caches_to_stream_and_the_next_epoch_refills_them(tmp
     ds = make_store(tmp_path / "s", g["edge_index"], g["x"], g["y"], g["splits"], 8)
     real_room = stream_mod.stream_room
 
-    def room_only_without_caches(tr, without_caches: bool = False) -> int:
+    def room_only_without_caches(tr, without_caches: bool = False, refresh: bool = False) -> int:
         freed = without_caches or all(c.released for c in row_caches(tr))
-        return real_room(tr, without_caches) if freed else 0
+        return real_room(tr, without_caches, refresh) if freed else 0
 
     monkeypatch.setattr(stream_mod, "stream_room", room_only_without_caches)
     out = {}

@@ -104,7 +104,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="history pushes a prefetched halo row may miss; 0 = exact GAS semantics (default 0)")
     g.add_argument("--cache", choices=("belady", "lru", "none"),
                    help="eviction policy of the hot halo-row caches, features and histories (default belady: uses the known epoch plan)")
-    g.add_argument("--cache-fraction", type=float, help="share of the memory budget for the row cache (default 0.25)")
+    g.add_argument("--cache-fraction", type=float, help="share of what the memory plan leaves (after the staging ring, batch working set and "
+                   "activations) that the row caches take (default 0.8; inference may free them to load a table)")
     g.add_argument("--in-memory", action=argparse.BooleanOptionalAction, default=None,
                    help="load features and keep histories in RAM (baseline for benchmarks; default off)")
     g.add_argument("--io-engine", choices=("auto", "direct", "pread", "mmap"),

@@ -37,9 +37,10 @@ from typing import Any
 
 import numpy as np
 
-from oocgnn.batching import BUILD_BYTES_PER_EDGE, KEPT_BYTES_PER_EDGE
+from oocgnn.batching import BUILD_BYTES_PER_EDGE, KEPT_BYTES_PER_EDGE, HaloFinder
 from oocgnn.errors import ConfigError
 from oocgnn.lru import LRUPolicy
+from oocgnn.read_ahead import READ_AHEAD_BATCHES
 from oocgnn.utils.memory import current_anon_rss, format_size
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,8 @@ ACT_BYTES_PER_EDGE = 24
 #: policy bookkeeping per cached row (Belady: ids, priority, slot, free stack; LRU: id, last use, free
 #: stack, eviction queue), a Belady policy and its LRU shadow
 CACHE_META_PER_ROW = 2 * 32
+#: read-ahead bookkeeping per row (ids read, memoised halos of the group, their union)
+READ_AHEAD_META_PER_ROW = 32
 #: torch runtime, thread stacks and per-thread malloc arenas once training runs
 RUNTIME_RESERVE = 48 << 20
 #: peak bytes per halo access of an epoch while the access stream and its next uses are computed
@@ -141,7 +144,9 @@ def plan_memory(trainer: Any, halo_sizes: np.ndarray, per_slot: int) -> dict[str
             "staging_ring_bytes": (depth + 1) * per_slot, "subgraph_bytes": (depth + 1) * kept + build,
             "activation_bytes": act, "writebehind_and_runtime_bytes": pushes, "belady_bytes": belady, "cache_room_bytes": max(0, left - belady),
             "cache_policy": policy, "cache_shadow": with_stream,
-            "planned_peak_anon_bytes": baseline + need(depth)}
+            "planned_peak_anon_bytes": baseline + need(depth),
+            # a layer-wise sweep: one layer, forward only (its output and the propagated input)
+            "sweep_activation_bytes": 2 * rows * width * 4}
 
 
 def cache_capacity(trainer: Any, width: int, hist_widths: list[int] | tuple[int, ...] = ()) -> int:
@@ -151,12 +156,28 @@ def cache_capacity(trainer: Any, width: int, hist_widths: list[int] | tuple[int,
     reads per row are equal and the share proportional to row bytes x reads gives
     every cache the same number of rows.
     """
+    plan = trainer.memory_plan
     # every cache has one LRU policy (its own, or the shadow of a Belady one): a 4-byte slot per node id
     per_node = LRUPolicy.BYTES_PER_NODE * (1 + len(hist_widths)) * trainer.ds.num_nodes
-    room = max(0.0, trainer.memory_plan["cache_room_bytes"] * trainer.cfg.io.cache_fraction - per_node)
+    room = max(0.0, plan["cache_room_bytes"] * trainer.cfg.io.cache_fraction - per_node)
     per_row = sum(w * 4 + CACHE_META_PER_ROW for w in (width, *hist_widths))
-    rows = min(int(room) // per_row, trainer.ds.num_nodes)
-    trainer.memory_plan["cache_bytes"] = rows * per_row + (per_node if rows else 0)
+    # LRU caches at scale read the next batches' halos with this one's misses (oocgnn.read_ahead): the
+    # extra rows are staged (float32, every cache at once on two threads) plus ids, memoised halos and
+    # the halo finder's stamps; as many batches ahead as leave the caches twice the rows read ahead
+    n = trainer.ds.num_nodes
+    rows = min(int(room) // per_row, n)
+    ahead = ahead_bytes = batches = 0
+    if plan.get("cache_policy") == "lru" and not plan.get("cache_shadow", True):
+        for k in range(READ_AHEAD_BATCHES, 1, -1):  # the largest group whose rows the caches can keep until used
+            a = min((k - 1) * int(getattr(trainer, "max_halo", 0)), n)
+            a_bytes = a * (sum(w * 4 for w in (width, *hist_widths)) + READ_AHEAD_META_PER_ROW) \
+                + HaloFinder.BYTES_PER_NODE * n
+            r = min(int(room - a_bytes) // per_row, n)
+            if a and r >= min(2 * a, n):
+                ahead, ahead_bytes, batches, rows = a, a_bytes, k, r
+                break
+    plan["read_ahead_rows"], plan["read_ahead_bytes"], plan["read_ahead_batches"] = ahead, ahead_bytes, batches
+    plan["cache_bytes"] = rows * per_row + (per_node if rows else 0) + ahead_bytes
     trainer.memory_plan["feature_cache_bytes"] = rows * (width * 4 + CACHE_META_PER_ROW)
     trainer.memory_plan["hist_cache_bytes"] = rows * sum(w * 4 + CACHE_META_PER_ROW for w in hist_widths)
     return rows

@@ -88,7 +88,7 @@ def layerwise_inference(trainer: Any, refresh: bool = True, logits_out: torch.Te
         prev: HistoryTable | None = target.tables[layer - 1] if layer > 0 else None
         # the layer's input table: what its halo rows are read from (GCNII: table l-1, features only for batch rows)
         name = "features" if prev is None else f"history table {layer - 1}"
-        ram, path = stream_input(trainer, trainer.features if prev is None else prev.array, mode, layer, name)
+        ram, path = stream_input(trainer, trainer.features if prev is None else prev.array, mode, layer, name, refresh)
         trainer.inference_paths.append(path)
         if from_features:
             src = ram if (ram is not None and prev is None) else trainer.features

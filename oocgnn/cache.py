@@ -187,8 +187,9 @@ class FeatureCache:
         """Load the epoch's access stream; ``pre`` = :func:`plan_accesses` shared by several caches."""
         self.t = 0
         self.read_ahead_rows = 0
-        if self.released:
-            self.buf = torch.empty(self.capacity, self.width, dtype=torch.float32)
+        if self.released:  # a normal tensor even when a sweep (inference mode) allocates it: training updates it
+            with torch.inference_mode(False):
+                self.buf = torch.empty(self.capacity, self.width, dtype=torch.float32)
         if not self.needs_stream:
             self.accesses = self.nus = None
             self.policy.hits = self.policy.accesses = 0
@@ -346,6 +347,12 @@ def begin_epoch_caches(trainer: Any, plan: list[Ranges]) -> None:
         for c in caches:
             c.begin_epoch(trainer, plan, pre)
         attach_read_ahead(caches, trainer, plan)
+
+
+def begin_sweep_cache(cache: FeatureCache, trainer: Any, plan: list[Ranges]) -> None:
+    """Set one cache up for a layer-wise sweep's plan (the next epoch sets it up for its own again)."""
+    cache.begin_epoch(trainer, plan)
+    attach_read_ahead([cache], trainer, plan)
 
 
 def caches_epoch_metrics(trainer: Any) -> dict[str, Any]:

@@ -170,6 +170,38 @@ def test_auto_frees_the_row_caches_to_stream_and_the_next_epoch_refills_them(tmp
     assert all(x.tobytes() == y.tobytes() for x, y in zip(a[3], b[3]))
 
 
+@pytest.mark.parametrize("refresh", [True, False])
+def test_gathered_sweeps_read_through_the_caches_with_read_ahead_bitwise(tmp_path, monkeypatch, refresh) -> None:
+    """Tables that do not stream are gathered through the training caches, which read the next batches'
+    halos with each miss read; every number equals a sweep without caches."""
+    from oocgnn.train import budget
+
+    monkeypatch.setattr(budget, "ACCESS_STREAM_MAX_SHARE", 0.0)  # LRU without the access stream, as at scale
+    g = random_graph(num_nodes=3000, num_edges=30_000, num_features=16, num_classes=4, seed=9)
+    ds = make_store(tmp_path / "s", g["edge_index"], g["x"], g["y"], g["splits"], 16)
+    out = {}
+    for cache in ("lru", "none"):
+        cfg = RunConfig.from_dict({"io": {"memory_budget": "2GB", "io_threads": 2, "stream_inference": "off",
+                                          "cache": cache},
+                                   "model": {"hidden": 16, "layers": 3}, "train": {"epochs": 1, "parts_per_batch": 2}})
+        tr = make_trainer(ds, cfg, tmp_path / cache)
+        try:
+            tr.train_epoch()
+            if cache == "lru":
+                assert tr.memory_plan["read_ahead_rows"] > 0
+                for c in [tr.cache, *tr.hist_caches]:  # start the sweep cold: every row is read, some ahead
+                    c.release()
+            out[cache] = _sweep(tr, refresh, "off")
+            if cache == "lru":
+                assert tr.cache.read_ahead_rows > 0  # layer 0 read the features through the cache
+                assert (tr.hist_caches[0].read_ahead_rows > 0) == refresh  # training table 0 feeds layer 1
+        finally:
+            tr.close()
+    (pa, la, ta), (pb, lb, tb) = out["lru"], out["none"]
+    assert np.array_equal(pa, pb) and la.numpy().tobytes() == lb.numpy().tobytes()
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(ta, tb))
+
+
 @pytest.mark.parametrize("layout", ["aligned", "numpy"])
 def test_load_table_reads_both_layouts_in_odd_chunks(tmp_path, layout) -> None:
     a = np.random.default_rng(0).standard_normal((999, 37)).astype(np.float16)

@@ -48,6 +48,29 @@ def _scratch(trainer: Any) -> HistorySet:
     return hs
 
 
+def _sweep_cache(trainer: Any, src: Any, plan: list) -> Any:
+    """The training row cache of the table a gathered sweep reads, set up for the sweep's plan, or None.
+
+    The feature cache serves the features; a history cache serves its training table
+    (it stays coherent with the pushes a refreshing sweep makes to the next table);
+    scratch tables have none.  LRU caches at scale then read the next batches' halos with
+    each miss read (:mod:`oocgnn.read_ahead`), as in training: without it a sweep reads
+    most of a table that does not fit in RAM for every batch.  Rows served are the
+    table's rows, so results are bitwise those of an uncached sweep.
+    """
+    from oocgnn.cache import begin_sweep_cache
+
+    if src is trainer.features:
+        cache = getattr(trainer, "cache", None)
+    else:
+        tables = trainer.histories.tables
+        caches = getattr(trainer, "hist_caches", None) or []
+        cache = next((c for t, c in zip(tables, caches) if t is src), None)
+    if cache is not None:
+        begin_sweep_cache(cache, trainer, plan)
+    return cache
+
+
 def _pull(src: torch.Tensor, ids: np.ndarray, out: torch.Tensor) -> torch.Tensor:
     """:meth:`HistoryTable.pull` on a tensor (an in-RAM copy of a table): the same ops, the same bytes."""
     dst = out[: len(ids)]
@@ -95,8 +118,9 @@ def layerwise_inference(trainer: Any, refresh: bool = True, logits_out: torch.Te
         else:
             src = ram if ram is not None else prev
         prev_t = torch.from_numpy(ram) if (ram is not None and prev is not None) else None
+        cache = _sweep_cache(trainer, src, plan) if path == "gather" else None
         loader = BatchLoader(trainer.indptr, trainer.indices, src, None, [], trainer.pool, trainer.cfg.io.io_threads,
-                             io_engine=trainer.cfg.io.io_engine)
+                             cache=cache, io_engine=trainer.cfg.io.io_engine)
         try:
             for batch in trainer.prefetcher(plan, loader):
                 x_all = batch.x

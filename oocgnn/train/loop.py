@@ -285,11 +285,14 @@ class Trainer:
     def train_epoch(self, on_batch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """Run the rest of ``state.epoch``: every action of the policy's plan, read ahead by one prefetcher."""
         st = self.state
+        fill_s = None
         if (self.cfg.train.fill_histories and st.epoch == 0 and st.position == 0 and st.global_step == 0
                 and len(self.histories)):
+            t_fill = time.perf_counter()
             if self.dist.is_main or self.dist.owns_rows:  # shared tables: rank 0 fills them for everyone
                 self.fill_histories()
             self.dist.barrier()
+            fill_s = time.perf_counter() - t_fill
         t0 = time.perf_counter()
         actions = self.policy.plan_epoch(self)
         loader = BatchLoader(self.indptr, self.indices, self.features, self.histories,
@@ -327,6 +330,7 @@ class Trainer:
         rec: dict[str, Any] = {
             "epoch": st.epoch, "step": st.global_step, "loss": float(np.mean(finite)) if finite else float("nan"),
             "epoch_time_s": elapsed, "train_batches": len(losses),
+            **({"fill_histories_s": fill_s} if fill_s is not None else {}),
             **read_path_record(stats, elapsed, self.histories.bytes_written - written0), **ages.record()}
         if self.cfg.train.grad_clip > 0:
             rec["grad_norm_last"] = self.last_grad_norm

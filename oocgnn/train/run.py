@@ -73,6 +73,7 @@ def fit(trainer: Trainer, progress: ProgressFactory | None = None, session: Any 
                 accs, preds = evaluate(trainer, refresh=cfg.eval.eval_refresh)
                 rec.update(accs)
                 rec["eval_time_s"] = time.perf_counter() - t_eval
+                rec["inference_paths"] = list(getattr(trainer, "inference_paths", []))  # stream / gather per layer
                 if accs["valid_acc"] > trainer.state.best_valid_acc:
                     trainer.state.best_valid_acc = accs["valid_acc"]
                     trainer.state.best_epoch = trainer.state.epoch

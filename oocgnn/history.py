@@ -127,10 +127,12 @@ class HistorySet:
     """The L-1 tables of one run plus write-behind and read-after-write bookkeeping."""
 
     def __init__(self, num_nodes: int, channels: list[int], dtype: str = "float32", directory: str | Path | None = None,
-                 prefix: str = "layer", max_pending: int = 4, log_len: int = 4096) -> None:
+                 prefix: str = "layer", max_pending: int = 4, log_len: int = 4096, track_steps: bool = True) -> None:
         self.tables = [HistoryTable(num_nodes, c, dtype, None if directory is None else Path(directory) / f"{prefix}_{i}.npy")
                        for i, c in enumerate(channels)]
-        self.last_step = [np.full(num_nodes, -1, dtype=np.int64) for _ in channels]
+        #: last-push step per row (8 bytes/row/table); evaluation's scratch tables need none (track_steps=False)
+        self.track_steps = track_steps
+        self.last_step = [np.full(num_nodes if track_steps else 0, -1, dtype=np.int64) for _ in channels]
         self.seq = 0            #: pushes enqueued so far
         self.landed_seq = 0     #: every push with seq <= landed_seq is in the tables
         self.bytes_written = 0
@@ -172,7 +174,7 @@ class HistorySet:
         else:
             row_ids = np.asarray(ids, dtype=np.int64)
             starts = ends = offsets = None
-        for t in tables:
+        for t in tables if self.track_steps else ():
             self.last_step[t][row_ids] = step
         with self._cv:
             self._raise_error()

@@ -73,7 +73,7 @@ def test_auto_streams_when_it_fits_and_gathers_when_not(store, tmp_path, monkeyp
             a = layerwise_inference(tr, refresh=False)
         assert tr.inference_paths == ["stream"] * 3
         assert "inference layer 0: features" in caplog.text and "streamed" in caplog.text
-        monkeypatch.setattr(stream_mod, "stream_room", lambda trainer, **kw: 100)  # no room: batched gathers
+        monkeypatch.setattr(stream_mod, "stream_room", lambda trainer, without_caches=False: 100)  # no room: batched gathers
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="oocgnn.train.stream"):
             b = layerwise_inference(tr, refresh=False)
@@ -136,9 +136,9 @@ def test_auto_frees_the_row_caches_to_stream_and_the_next_epoch_refills_them(tmp
     ds = make_store(tmp_path / "s", g["edge_index"], g["x"], g["y"], g["splits"], 8)
     real_room = stream_mod.stream_room
 
-    def room_only_without_caches(tr, without_caches: bool = False, refresh: bool = False) -> int:
+    def room_only_without_caches(tr, without_caches: bool = False) -> int:
         freed = without_caches or all(c.released for c in row_caches(tr))
-        return real_room(tr, without_caches, refresh) if freed else 0
+        return real_room(tr, without_caches) if freed else 0
 
     monkeypatch.setattr(stream_mod, "stream_room", room_only_without_caches)
     out = {}

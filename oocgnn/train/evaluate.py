@@ -43,7 +43,7 @@ def _scratch(trainer: Any) -> HistorySet:
         in_mem = trainer.cfg.io.in_memory or trainer.run_dir is None
         directory = None if in_mem else trainer.run_dir / "histories"
         hs = HistorySet(trainer.ds.num_nodes, list(trainer.model.history_channels), trainer.cfg.io.history_dtype,
-                        directory, prefix="eval")
+                        directory, prefix="eval", track_steps=False)  # nothing reads their ages
         trainer._eval_scratch = hs
     return hs
 
@@ -111,7 +111,7 @@ def layerwise_inference(trainer: Any, refresh: bool = True, logits_out: torch.Te
         prev: HistoryTable | None = target.tables[layer - 1] if layer > 0 else None
         # the layer's input table: what its halo rows are read from (GCNII: table l-1, features only for batch rows)
         name = "features" if prev is None else f"history table {layer - 1}"
-        ram, path = stream_input(trainer, trainer.features if prev is None else prev.array, mode, layer, name, refresh)
+        ram, path = stream_input(trainer, trainer.features if prev is None else prev.array, mode, layer, name)
         trainer.inference_paths.append(path)
         if from_features:
             src = ram if (ram is not None and prev is None) else trainer.features

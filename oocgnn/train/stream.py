@@ -57,11 +57,10 @@ STREAM_MAX_SHARE = 0.75
 READ_CHUNK_BYTES = 64 << 20
 
 
-def stream_room(trainer: Any, without_caches: bool = False, refresh: bool = False) -> int:
+def stream_room(trainer: Any, without_caches: bool = False) -> int:
     """Bytes an in-RAM input table may take during inference without leaving the budget (see module doc).
 
-    ``without_caches``: the room once the row caches are freed (or already are); ``refresh``:
-    the sweep writes the training tables (no scratch tables).
+    ``without_caches``: the room once the row caches are freed (or already are).
     """
     plan = trainer.memory_plan
     budget = int(trainer.budget)
@@ -76,16 +75,15 @@ def stream_room(trainer: Any, without_caches: bool = False, refresh: bool = Fals
     transient = int(plan["planned_peak_anon_bytes"]) - baseline - ring
     if "sweep_activation_bytes" in plan:
         transient += int(plan["sweep_activation_bytes"]) - int(plan["activation_bytes"])
-    # what inference adds beyond the plan: predictions, and (refresh=False) the scratch tables' last-push
-    # steps (8 B/row each)
-    extra = 8 * int(trainer.ds.num_nodes) * (1 + (0 if refresh else len(trainer.model.history_channels)))
+    # what inference adds beyond the plan: its predictions (8 B/row; scratch tables keep no last-push steps)
+    extra = 8 * int(trainer.ds.num_nodes)
     # freeing held caches gives back at least their row buffers (the access stream too, not counted)
     anon = current_anon_rss() - (int(plan.get("cache_bytes", 0)) if without_caches and held_now else 0)
     reserved = int(plan["mapped_window_bytes"]) + transient + extra + max(anon, baseline + persistent)
     return max(0, min(int(budget * STREAM_MAX_SHARE), budget - reserved))
 
 
-def choose(trainer: Any, array: np.ndarray, mode: str, refresh: bool = False) -> tuple[bool, str]:
+def choose(trainer: Any, array: np.ndarray, mode: str) -> tuple[bool, str]:
     """Whether to load file-backed ``array`` into RAM for a sweep, and why (for the log)."""
     if mode not in MODES:
         raise ConfigError(f"--stream-inference {mode!r}: use auto, on or off")
@@ -93,7 +91,7 @@ def choose(trainer: Any, array: np.ndarray, mode: str, refresh: bool = False) ->
         return False, "already in RAM"
     if mode == "off":
         return False, "--stream-inference off"
-    room = stream_room(trainer, refresh=refresh)
+    room = stream_room(trainer)
     if mode == "on":
         if array.nbytes > room:
             log.warning("--stream-inference on: loading %s into RAM although only %s of --memory-budget %s is free "
@@ -102,9 +100,9 @@ def choose(trainer: Any, array: np.ndarray, mode: str, refresh: bool = False) ->
         return True, "--stream-inference on"
     if array.nbytes <= room:
         return True, f"fits the {format_size(room)} the memory plan leaves"
-    if row_caches(trainer) and array.nbytes <= stream_room(trainer, without_caches=True, refresh=refresh):
+    if row_caches(trainer) and array.nbytes <= stream_room(trainer, without_caches=True):
         freed = release_row_caches(trainer)
-        room = stream_room(trainer, refresh=refresh)
+        room = stream_room(trainer)
         if array.nbytes <= room:
             return True, (f"fits the {format_size(room)} the memory plan leaves once the row caches ({format_size(freed)}) "
                           f"are freed; the next epoch refills them")
@@ -152,14 +150,13 @@ def load_table(array: np.ndarray, chunk_bytes: int = READ_CHUNK_BYTES) -> np.nda
     return out
 
 
-def stream_input(trainer: Any, array: np.ndarray, mode: str, layer: int, name: str,
-                 refresh: bool = False) -> tuple[np.ndarray | None, str]:
+def stream_input(trainer: Any, array: np.ndarray, mode: str, layer: int, name: str) -> tuple[np.ndarray | None, str]:
     """``(RAM copy of array or None, path)`` for sweep ``layer``; logs the path taken.
 
     ``path`` is ``"stream"`` (loaded now), ``"gather"`` (batched gathers from the
     file) or ``"ram"`` (the source already lives in RAM).
     """
-    stream, why = choose(trainer, array, mode, refresh)
+    stream, why = choose(trainer, array, mode)
     size = format_size(array.nbytes)
     if not stream:
         path = "ram" if why == "already in RAM" else "gather"

@@ -87,6 +87,18 @@ def test_normalize_features_equals_a_prenormalised_batch(store):
     assert not torch.allclose(raw, ref, atol=1e-4)  # negative control: the flag changes the function
 
 
+def test_fill_sweeps_only_the_layers_that_write_tables(store):
+    """Filling needs no logits: L-1 sweeps, tables bitwise those of a full inference."""
+    from oocgnn.train.evaluate import layerwise_inference
+
+    a, b = trainer(store), trainer(store)
+    a.fill_histories()
+    assert len(a.inference_paths) == len(a.histories) == 2
+    layerwise_inference(b, refresh=True)
+    assert len(b.inference_paths) == 3
+    assert all(np.array_equal(x.array, y.array) for x, y in zip(a.histories.tables, b.histories.tables))
+
+
 def test_fill_histories_leaves_no_zero_row_at_step_zero(store):
     filled = trainer(store).train_epoch()
     assert filled["hist_never_written"] == 0

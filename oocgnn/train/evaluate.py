@@ -84,8 +84,12 @@ def _pull(src: torch.Tensor, ids: np.ndarray, out: torch.Tensor) -> torch.Tensor
 
 @torch.inference_mode()
 def layerwise_inference(trainer: Any, refresh: bool = True, logits_out: torch.Tensor | None = None,
-                        stream: str | None = None) -> np.ndarray:
+                        stream: str | None = None, tables_only: bool = False) -> np.ndarray:
     """Predicted class of every node (store order) by layer-wise sweeps.
+
+    ``tables_only`` stops after the sweeps that write history tables (filling them
+    needs no logits; the last sweep would cost as much as any other) and returns
+    predictions of -1.
 
     ``logits_out`` ([N, C], small graphs and tests only) also receives the logits.
     ``stream`` (auto/on/off) overrides ``--stream-inference`` for this call.
@@ -104,8 +108,9 @@ def layerwise_inference(trainer: Any, refresh: bool = True, logits_out: torch.Te
     step = trainer.state.global_step
     trainer.inference_paths = []
     # a sweep over a billion-edge store takes tens of minutes: show it (on a terminal only, like tqdm's default)
-    bar = tqdm(total=num_layers * len(plan), desc="inference", unit="batch", disable=None, leave=False)
-    for layer in range(num_layers):
+    sweeps = len(target.tables) if tables_only else num_layers
+    bar = tqdm(total=sweeps * len(plan), desc="inference", unit="batch", disable=None, leave=False)
+    for layer in range(sweeps):
         bar.set_postfix(layer=layer)
         from_features = layer == 0 or feat_every
         prev: HistoryTable | None = target.tables[layer - 1] if layer > 0 else None

@@ -280,7 +280,7 @@ class Trainer:
         """
         from oocgnn.train.evaluate import layerwise_inference
 
-        layerwise_inference(self, refresh=True)
+        layerwise_inference(self, refresh=True, tables_only=True)
 
     def train_epoch(self, on_batch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """Run the rest of ``state.epoch``: every action of the policy's plan, read ahead by one prefetcher."""

@@ -84,3 +84,16 @@ def test_belady_charge_covers_the_access_stream_peak() -> None:
     assert total > 1_000_000
     assert peak <= BELADY_BYTES_PER_ACCESS * total, peak / total
     assert peak > 0.5 * BELADY_BYTES_PER_ACCESS * total  # the charge is not wildly loose either
+
+
+def test_trim_heap_gives_freed_arrays_back() -> None:
+    """Freed heap chunks stay in RssAnon until trimmed; the streaming decision trims before it measures."""
+    from oocgnn.utils.memory import trim_heap
+
+    x = np.ones(4_000_000)  # freeing a 32 MB block raises glibc's mmap threshold: what follows is heap
+    del x
+    xs = [np.ones(1_200_000) for _ in range(100)]  # 9.6 MB each
+    del xs[::2]  # holes, not the top of the heap: free() keeps them
+    before = current_anon_rss()
+    trim_heap()
+    assert before - current_anon_rss() > 200 << 20

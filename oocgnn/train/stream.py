@@ -45,7 +45,7 @@ import numpy as np
 from oocgnn.cache import release_row_caches, row_caches
 from oocgnn.errors import ConfigError, ReadError
 from oocgnn.io import file_region
-from oocgnn.utils.memory import current_anon_rss, format_size
+from oocgnn.utils.memory import current_anon_rss, format_size, trim_heap
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +156,7 @@ def stream_input(trainer: Any, array: np.ndarray, mode: str, layer: int, name: s
     ``path`` is ``"stream"`` (loaded now), ``"gather"`` (batched gathers from the
     file) or ``"ram"`` (the source already lives in RAM).
     """
+    trim_heap()  # the room is measured from RssAnon: free heap the last sweep left behind first
     stream, why = choose(trainer, array, mode)
     size = format_size(array.nbytes)
     if not stream:

@@ -113,6 +113,8 @@ class _Push:
     def locate(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(mask of ``rows`` this push covers, their positions in ``values``)."""
         if self.starts is not None:
+            if not len(self.starts):  # a batch of empty partitions pushes no rows
+                return np.zeros(len(rows), dtype=bool), np.empty(0, dtype=np.int64)
             r = np.searchsorted(self.starts, rows, side="right") - 1
             rc = np.maximum(r, 0)
             hit = (r >= 0) & (rows < self.ends[rc])

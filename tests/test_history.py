@@ -88,3 +88,17 @@ def test_writer_exception_surfaces() -> None:
         hs.flush()
     hs._writer.join(5)
     assert not hs._writer.is_alive()
+
+
+def test_patch_after_a_push_of_no_rows(tmp_path) -> None:
+    """A batch of empty partitions pushes empty ranges; a later patch must step over it."""
+    hs = HistorySet(20, [3], "float32", tmp_path / "h")
+    hs.push([torch.ones(20, 3)], step=0, ranges=[(0, 20)], sync=True)
+    snap = hs.snapshot_seq()
+    hs.push([torch.empty(0, 3)], step=1, ranges=[])
+    hs.push([torch.full((5, 3), 2.0)], step=2, ranges=[(5, 10)])
+    out = torch.zeros(4, 3)
+    hs.tables[0].pull(np.array([1, 6, 9, 12]), out)
+    hs.patch(0, np.array([1, 6, 9, 12]), out, snap)
+    assert out[:, 0].tolist() == [1.0, 2.0, 2.0, 1.0]
+    hs.close()

@@ -38,6 +38,17 @@ def community_csr(tmp_path_factory):
     return _csr(tmp_path_factory.mktemp("csr"), 20_000, *community_edges())
 
 
+def test_many_parts_from_a_heavy_coarse_graph_none_empty_and_balanced(tmp_path) -> None:
+    """250 parts of 50 k nodes in 20 MB: METIS on the coarsest graph left 81 parts empty (max/mean 4.1);
+    every empty part now takes half of the largest, and refinement keeps parts above half the mean."""
+    ip, ix = _csr(tmp_path, 50_000, *community_edges(50_000, 500_000, 200, seed=1))
+    part = multilevel.multilevel_partition(ip, ix, 250, memory_budget=20_000_000, workdir=tmp_path / "w",
+                                           progress=False)
+    sizes = np.bincount(part, minlength=250)
+    assert sizes.min() >= multilevel.MIN_SHARE * sizes.mean() - 1
+    assert sizes.max() <= multilevel.IMBALANCE * sizes.mean()
+
+
 @pytest.mark.parametrize("k", [16, 5])
 def test_valid_balanced_below_ldg_near_metis(community_csr, tmp_path, k):
     ip, ix = community_csr

@@ -67,10 +67,10 @@ def pack_isolated(nodes, vw, label, cweight, max_weight):
 
 
 @njit(cache=True, nogil=True)
-def refine_block(row, ptr, cols, w, vw, part, psize, cap, conn, touched):
+def refine_block(row, ptr, cols, w, vw, part, psize, cap, floor, conn, touched):
     """Move a node to the neighbouring part that cuts fewest of its edges, if the
-    cut drops (or stays equal while the parts get more even) and the target part
-    stays at most ``cap``."""
+    cut drops (or stays equal while the parts get more even), the target part
+    stays at most ``cap`` and its own part at least ``floor``."""
     moved = 0
     for i in range(len(ptr) - 1):
         u = row + i
@@ -80,9 +80,10 @@ def refine_block(row, ptr, cols, w, vw, part, psize, cap, conn, touched):
         wu = vw[u]
         best = p
         best_gain = 0
+        leave = psize[p] - wu >= floor
         for t in range(nt):
             q = touched[t]
-            if q != p and psize[q] + wu <= cap:
+            if leave and q != p and psize[q] + wu <= cap:
                 g = conn[q] - own
                 if g > best_gain or (g == best_gain and g >= 0 and psize[q] + wu < psize[p]
                                      and (best == p or psize[q] < psize[best])):
@@ -132,3 +133,37 @@ def apply_moves(order, target, vw, part, psize, cap):
             psize[p] -= vw[u]
             psize[q] += vw[u]
             part[u] = q
+
+
+@njit(cache=True)
+def split_part(indptr, indices, vw, part, p, q, want, seed_node):
+    """Move about ``want`` weight of part ``p`` into the empty part ``q``: a breadth-first
+    region of ``p`` grown from ``seed_node`` (then from any other node of ``p`` when the
+    region runs out), so the new part is connected where ``p`` is.  Returns the weight moved."""
+    n = len(indptr) - 1
+    queue = np.empty(n, np.int32)  # node ids < 2**31 (checked on entry)
+    head, tail, moved = 0, 0, 0
+    nxt = 0
+    start = seed_node
+    while moved < want:
+        if head == tail:  # region exhausted: restart from the next node still in p
+            while start < 0 or part[start] != p:
+                if nxt >= n:
+                    return moved
+                start = nxt
+                nxt += 1
+            part[start] = q
+            moved += vw[start]
+            queue[tail] = start
+            tail += 1
+            start = -1
+        u = queue[head]
+        head += 1
+        for j in range(indptr[u], indptr[u + 1]):
+            v = indices[j]
+            if part[v] == p and moved < want:
+                part[v] = q
+                moved += vw[v]
+                queue[tail] = v
+                tail += 1
+    return moved

@@ -73,6 +73,24 @@ def test_journal_rollback_is_bitwise_across_segments(tmp_path):
     assert jr.rollback(tmp_path, tables, steps, 2) == 0
 
 
+def test_journal_not_saving_records_steps_but_no_rows_and_later_pushes_still_roll_back(tmp_path):
+    """The fill before step 0 lands without saving old rows; the first training push of a row saves the
+    filled value, so a rollback returns to the filled tables."""
+    rng = np.random.default_rng(3)
+    tables, steps = make_tables(tmp_path)
+    j = jr.UndoJournal(tmp_path, tables, steps, seq=0)
+    with j.not_saving():
+        push(j, tables, steps, rng, 0)
+    assert j.bytes_journaled == 0 and j.saving and all((s[s >= 0] == 0).all() and (s == 0).any() for s in steps)
+    filled = snapshot(tables, steps)
+    for s in range(1, 4):
+        push(j, tables, steps, rng, s)
+    assert j.bytes_journaled > 0
+    j.close()
+    jr.rollback(tmp_path, tables, steps, 0)
+    assert_same(snapshot(tables, steps), filled)
+
+
 def test_journal_fallback_to_older_checkpoint(tmp_path):
     rng = np.random.default_rng(1)
     tables, steps = make_tables(tmp_path)

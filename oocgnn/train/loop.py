@@ -17,6 +17,7 @@ GAS reference code does) would leave their histories stale forever.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -280,7 +281,9 @@ class Trainer:
         """
         from oocgnn.train.evaluate import layerwise_inference
 
-        layerwise_inference(self, refresh=True, tables_only=True)
+        journal = self.histories.journal  # its old rows are never needed (see UndoJournal.not_saving)
+        with journal.not_saving() if journal is not None else contextlib.nullcontext():
+            layerwise_inference(self, refresh=True, tables_only=True)  # flushes: every push has landed
 
     def train_epoch(self, on_batch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """Run the rest of ``state.epoch``: every action of the policy's plan, read ahead by one prefetcher."""

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from oocgnn.cache import INF, FeatureCache, Policy, next_uses
+from oocgnn.belady import INF, Policy, next_uses
+from oocgnn.cache import FeatureCache
 from oocgnn.lru import LRUPolicy
 
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from oocgnn.cache import FeatureCache, HistoryCache, next_uses
+from oocgnn.belady import next_uses
+from oocgnn.cache import FeatureCache, HistoryCache
 from oocgnn.history import HistorySet
 from oocgnn.testing.stores import make_store, random_graph
 from oocgnn.train.config import IOConfig, ModelConfig, OptimConfig, RunConfig

@@ -64,7 +64,7 @@ def test_belady_charge_covers_the_access_stream_peak() -> None:
     from types import SimpleNamespace
 
     from oocgnn.batching import group_ranges
-    from oocgnn.cache import plan_accesses
+    from oocgnn.belady import plan_accesses
     from oocgnn.train.budget import BELADY_BYTES_PER_ACCESS
 
     rng = np.random.default_rng(0)

@@ -111,14 +111,16 @@ class FeatureCache:
 
     def gather(self, halo: np.ndarray, out: torch.Tensor, miss_fn: Callable[[np.ndarray, torch.Tensor], None]) -> None:
         """``out[i] = features[halo[i]]``: hits from RAM, misses via ``miss_fn`` (called in plan order)."""
-        if self.accesses is None:  # LRU without the stream: this batch's halo as a sorted set
-            a, nu = np.unique(halo), None
+        if self.accesses is None:  # LRU without the stream: the halo itself (unique, any order) is the access
+            a, nu = halo, None
+            where = np.arange(len(halo))
         else:
             a, nu = self.accesses[self.t], self.nus[self.t]
             self.shadow.step(a, nu, self.clock)
+            where = None
         hit, hit_slots, ins_pos, ins_slots = self.policy.step(a, nu, self.clock)
-        # halo is in first-seen order; a is sorted: map between them
-        where = np.searchsorted(a, halo)
+        if where is None:  # halo is in first-seen order; the stream's a is sorted: map between them
+            where = np.searchsorted(a, halo)
         h_hit = hit[where]
         miss_ids = halo[~h_hit]
         ahead = self._ahead_ids()

@@ -14,8 +14,9 @@ oldest first: a queued slot may be evicted iff it was not used again after that 
 stale queue entries are compacted once they outnumber twice the capacity.
 
 Recency is per batch (rows read by the same batch are equally recent); ties are
-broken deterministically (lower ids inserted first, evicted in the order queued), so
-two caches that see the same accesses make the same decisions.
+broken deterministically (rows leave in the order they were accessed: the caller's
+order, sorted ids in the tests), so two caches that see the same accesses make the
+same decisions.  No sort is needed: a batch's halo is accessed in first-seen order.
 """
 from __future__ import annotations
 
@@ -63,14 +64,14 @@ class LRUPolicy:
 
     def step(self, a: np.ndarray, nu: np.ndarray | None, clock: int) -> tuple[np.ndarray, np.ndarray, np.ndarray,
                                                                            np.ndarray]:
-        """Access sorted unique ``a`` at batch ``clock`` (``nu`` is ignored: LRU needs no future).
+        """Access unique ``a`` (any order: ties leave in it) at batch ``clock`` (``nu`` is ignored).
 
         Returns (hit mask, slots of hits, positions in ``a`` inserted, their slots), like
         :meth:`oocgnn.cache.Policy.step`.
         """
         a = np.asarray(a, dtype=np.int64)
         if len(a):
-            self._grow(int(a[-1]) + 1)
+            self._grow(int(a.max()) + 1)
         hit, hit_slots = self.cached_slots(a)
         self.hits += int(hit.sum())
         self.accesses += len(a)
@@ -120,7 +121,7 @@ class LRUPolicy:
         return np.concatenate(parts)
 
     def insert(self, ids: np.ndarray, clock: int) -> tuple[np.ndarray, np.ndarray]:
-        """Cache sorted unique ``ids`` (none cached) as used at ``clock``, without counting an access.
+        """Cache unique ``ids`` (none cached) as used at ``clock``, without counting an access.
 
         Rows read ahead for later batches (:mod:`oocgnn.read_ahead`).  Evicts only rows
         older than ``clock``, so fewer than ``len(ids)`` may fit: returns (positions in
@@ -128,7 +129,7 @@ class LRUPolicy:
         """
         ids = np.asarray(ids, dtype=np.int64)
         if len(ids):
-            self._grow(int(ids[-1]) + 1)
+            self._grow(int(ids.max()) + 1)
         slots = self._take(len(ids), clock)
         new_ids = ids[: len(slots)]
         self.id_of[slots] = new_ids

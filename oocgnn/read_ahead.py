@@ -40,6 +40,7 @@ class ReadAhead:
         self.batches = int(batches)
         self._halos: dict[int, np.ndarray] = {}
         self._until: dict[int, int] = {}  #: per cache: plan index up to which an earlier read covered halos
+        self._last: tuple[int, int, np.ndarray] | None = None  #: (t, end, ids) of the latest group
         self._lock = threading.Lock()
 
     def _halo(self, i: int) -> np.ndarray:
@@ -57,6 +58,9 @@ class ReadAhead:
         with self._lock:
             if t < self._until.get(cache_key, 0):
                 return np.empty(0, np.int64)
+            if self._last is not None and self._last[0] == t:  # another cache asked for this group already
+                self._until[cache_key] = self._last[1]
+                return self._last[2]
             picked, total, j = [], 0, t + 1
             while j < len(self.plan) and j < t + self.batches:
                 h = self._halo(j)
@@ -69,7 +73,9 @@ class ReadAhead:
             done = min(self._until.values())  # memoised halos every cache has passed
             for i in [i for i in self._halos if i < done]:
                 del self._halos[i]
-        return np.unique(np.concatenate(picked)) if picked else np.empty(0, np.int64)
+            ids = np.unique(np.concatenate(picked)) if picked else np.empty(0, np.int64)
+            self._last = (t, j, ids)  # the feature cache and every history cache read the same group
+        return ids
 
 
 def attach_read_ahead(caches: list[Any], trainer: Any, plan: list[Ranges]) -> None:

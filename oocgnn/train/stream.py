@@ -14,18 +14,19 @@ How much room (:func:`stream_room`), conservatively: at most
 :data:`STREAM_MAX_SHARE` of ``--memory-budget``, and never more than the budget
 minus: the mapped-page window; the process's anonymous memory *now*, or the plan's
 baseline plus its persistent parts (staging ring, row caches, Belady stream) when
-those are not resident yet, whichever is larger; the plan's per-batch working set
-(subgraphs, activations, write-behind, runtime reserve, engine buffer) again; and
-what inference allocates beyond the plan (predictions and the scratch tables'
-last-push steps, 8 bytes per node each), again.  A table that does not fit is
-gathered batch by batch as before.
+those are not resident yet, whichever is larger (the heap is trimmed first); the plan's
+per-batch working set (subgraphs, write-behind, runtime reserve, engine buffer, and one
+layer's forward activations: a sweep keeps no autograd state) again; and what inference
+allocates beyond the plan (its predictions, 8 bytes per node), again.  A table that does
+not fit is gathered batch by batch through the training row caches, with read-ahead
+(:func:`oocgnn.train.evaluate._sweep_cache`).
 
 The row caches take what the plan leaves during training, so on a large graph they hold
-exactly the room a table would need.  A sweep reads no cache, and a table in RAM serves
-every row a cache could, so when a table fits only without them, ``auto`` frees the
-caches (:func:`oocgnn.cache.release_row_caches`) and streams; the next epoch allocates
-them again and they refill as it reads (the billion-edge store at fp16: 6.4 GB tables,
-12 GB budget, caches ~8 GB).
+exactly the room a table would need.  A table in RAM serves every row a cache could, so
+when a table fits only without them, ``auto`` frees the caches
+(:func:`oocgnn.cache.release_row_caches`) and streams; the next epoch allocates them
+again and they refill as it reads (the billion-edge store at fp16: 6.4 GB tables, a 12 GB
+budget, 4.8 GB of caches).
 
 ``--stream-inference on|off`` forces the choice (tests, benchmarks); ``auto`` decides
 per layer.  Sources already in RAM (history tables without a run dir or with

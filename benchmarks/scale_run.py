@@ -28,7 +28,7 @@ from typing import Any
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import disk_bandwidth, disk_random_read, machine, write_json  # noqa: E402
+from common import disk_bandwidth, disk_random_read_aio, machine, write_json  # noqa: E402
 
 from oocgnn.utils.memory import format_size, parse_size  # noqa: E402
 
@@ -36,10 +36,42 @@ from oocgnn.utils.memory import format_size, parse_size  # noqa: E402
 HISTORY_TABLE = re.compile(r"layer_\d+\.npy")
 
 
+def _device_reads() -> tuple[int, int]:
+    """Reads completed and bytes read by every block device (whole-box counters, /proc/diskstats)."""
+    disks = psutil.disk_io_counters(perdisk=True) or {}
+    whole = [v for k, v in disks.items() if not k[-1].isdigit() or k.startswith("nvme") and "p" not in k[4:]]
+    return sum(v.read_count for v in whole), sum(v.read_bytes for v in whole)
+
+
+def device_read_rates(samples: list[tuple[float, int, int]], window_s: float = 10.0) -> dict[str, float]:
+    """Device read ops/s and bytes/s over ``window_s`` windows of a stage: median and the busiest tenth.
+
+    "While I/O-bound" is the busy windows, so the 90th percentile is the figure to hold
+    against the device's random-read rate; bytes/4 KiB gives the 4 KiB-page equivalent of
+    merged reads (the engine merges neighbouring pages into requests of up to 512 KiB).
+    """
+    ops, bps = [], []
+    start = 0
+    for i in range(1, len(samples)):
+        if samples[i][0] - samples[start][0] >= window_s:
+            dt = samples[i][0] - samples[start][0]
+            ops.append((samples[i][1] - samples[start][1]) / dt)
+            bps.append((samples[i][2] - samples[start][2]) / dt)
+            start = i
+    if not ops:
+        return {}
+    q = lambda xs, f: float(sorted(xs)[min(len(xs) - 1, int(f * len(xs)))])  # noqa: E731
+    return {"read_ops_per_s_median": q(ops, 0.5), "read_ops_per_s_p90": q(ops, 0.9),
+            "read_Bps_median": q(bps, 0.5), "read_Bps_p90": q(bps, 0.9),
+            "read_4k_equiv_per_s_p90": q(bps, 0.9) / 4096, "windows": len(ops)}
+
+
 def run_stage(cmd: list[str], stdout_path: Path | None = None, interval: float = 0.5) -> dict[str, Any]:
-    """Run one command; sample its peak RSS and /proc I/O counters (bytes that reached the block layer)."""
+    """Run one command; sample its peak RSS, /proc I/O counters (bytes that reached the block layer)
+    and the device's read counters."""
     t0 = time.perf_counter()
     out = stdout_path.open("w") if stdout_path is not None else None
+    samples: list[tuple[float, int, int]] = []
     try:
         proc = subprocess.Popen(cmd, stdout=out)
         ps = psutil.Process(proc.pid)
@@ -50,6 +82,7 @@ def run_stage(cmd: list[str], stdout_path: Path | None = None, interval: float =
                 io = ps.io_counters()
             except psutil.Error:
                 pass
+            samples.append((time.perf_counter(), *_device_reads()))
             time.sleep(interval)
     finally:
         if out is not None:
@@ -62,7 +95,7 @@ def run_stage(cmd: list[str], stdout_path: Path | None = None, interval: float =
     read = io.read_bytes if io else 0
     written = io.write_bytes if io else 0
     return {"time_s": elapsed, "peak_rss_bytes": peak, "bytes_read": read, "bytes_written": written,
-            "read_Bps": read / elapsed, "write_Bps": written / elapsed}
+            "read_Bps": read / elapsed, "write_Bps": written / elapsed, "device": device_read_rates(samples)}
 
 
 def stage_from_report(store: Path) -> dict[str, Any]:
@@ -108,8 +141,10 @@ def summarise(results: dict[str, Any], store: Path, run: Path) -> None:
     batches = sum(m.get("batches", 0) for m in metrics)
     width, hidden = results["features"], results["hidden"]
     # rows that missed the RAM caches and were gathered from the memmaps (page cache or disk)
-    rows_read = (sum(m.get("feature_bytes_read", 0) for m in metrics) / (4 * width)
-                 + sum(m.get("history_bytes_read", 0) for m in metrics) / (4 * hidden))
+    fbytes = 2 if results.get("feature_dtype") == "float16" else 4
+    hbytes = 2 if results.get("history_dtype") == "float16" else 4
+    rows_read = (sum(m.get("feature_bytes_read", 0) for m in metrics) / (fbytes * width)
+                 + sum(m.get("history_bytes_read", 0) for m in metrics) / (hbytes * hidden))
     last = metrics[-1]
     results["train"] = {
         "epoch_time_s": train_s, "batches": batches, "s_per_batch": train_s / max(batches, 1),
@@ -119,7 +154,8 @@ def summarise(results: dict[str, Any], store: Path, run: Path) -> None:
         "memmap_rows_read_per_s": rows_read / train_s,
         "memmap_rows_read_per_s_over_disk_rand_iops": rows_read / train_s / disk["rand_read_iops"],
         "cache": {k: v for k, v in last.items() if k.startswith(("cache_", "hist_cache_"))},
-        "eval_time_s": last.get("eval_time_s"), "valid_acc": summary["best_valid_acc"],
+        "eval_time_s": last.get("eval_time_s"), "fill_histories_s": metrics[0].get("fill_histories_s"),
+        "inference_paths": last.get("inference_paths"), "valid_acc": summary["best_valid_acc"],
         "test_acc": summary["test_acc_at_best_valid"],
         "peak_rss_bytes": summary["peak_rss_bytes"], "peak_anon_rss_bytes": summary["peak_anon_rss_bytes"],
         "memory_plan": summary.get("memory_plan"),
@@ -138,10 +174,11 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [
         f"Machine: {m['cpus']} cores, {format_size(m['ram_bytes'])} RAM; disk measured in this run: sequential "
         f"{disk['seq_read_Bps'] / 1e6:.0f} MB/s read, {disk['seq_write_Bps'] / 1e6:.0f} MB/s write (dd O_DIRECT 1 MiB), "
-        f"{disk['rand_read_iops']:,.0f} random 4 KiB reads/s ({disk['rand_read_threads']} in flight, O_DIRECT).",
+        f"{disk['rand_read_iops']:,.0f} random 4 KiB reads/s ({disk.get('rand_read_depth', disk.get('rand_read_threads'))} "
+        "in flight, O_DIRECT).",
         "",
         f"Graph: {sf['num_nodes']:,} nodes, {sf['graph']['input_edges']:,} generated directed edges -> "
-        f"{sf['num_edges']:,} CSR entries (symmetrised, deduplicated), {results['features']}-d float32 features, "
+        f"{sf['num_edges']:,} CSR entries (symmetrised, deduplicated), {results['features']}-d {results.get('feature_dtype', 'float32')} features, "
         f"homophily {results['homophily']}; {sf['partition']['num_partitions']} partitions "
         f"({sf['partition']['method']}), edge cut {100 * sf['partition']['edge_cut_fraction']:.1f} %.",
         f"Features + CSR + histories: **{format_size(results['features_csr_histories_bytes'])}** "
@@ -166,18 +203,27 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(f"| prepare / {name} | {_duration(s['time_s'])} | | | | | {format_size(s['peak_rss_bytes'])} | "
                      f"{'yes' if s['peak_rss_bytes'] <= budget else '**no**'} |")
     cache = tr["cache"]
+    dev = st.get("train", {}).get("device")
     lines += [
         "",
         "| training figure | value |",
         "|---|---|",
         f"| epoch (train steps only) | {_duration(tr['epoch_time_s'])}, {tr['batches']} batches, "
         f"{tr['s_per_batch']:.1f} s/batch |",
+        *([f"| histories filled before step 0 (one layer-wise sweep, `--fill-histories`) | "
+           f"{_duration(tr['fill_histories_s'])} |"] if tr.get("fill_histories_s") is not None else []),
         f"| end-of-epoch evaluation inside `train` (layer-wise, all nodes) | "
-        f"{_duration(tr['eval_time_s'] or 0)} |",
+        f"{_duration(tr['eval_time_s'] or 0)} (input tables: {', '.join(tr.get('inference_paths') or ['?'])}) |",
         f"| time waiting on I/O | {100 * tr['io_wait_fraction']:.1f} % of the epoch |",
         f"| halo rows per batch | {tr['halo_rows_per_batch']:,.0f} |",
         f"| halo rows gathered / s | {tr['halo_rows_per_s']:,.0f} |",
-        f"| rows read from memmaps (cache misses, features + histories) / s | "
+        *([f"| the device while training: read requests / s, busiest tenth of 10 s windows (median) | "
+           f"{dev['read_ops_per_s_p90']:,.0f} ({dev['read_ops_per_s_median']:,.0f}) = "
+           f"{dev['read_ops_per_s_p90'] / disk['rand_read_iops']:.2f} x its random 4 KiB read rate |",
+           f"| the device while training: MB/s read, busiest tenth (median); in 4 KiB pages vs its random rate | "
+           f"{dev['read_Bps_p90'] / 1e6:,.0f} ({dev['read_Bps_median'] / 1e6:,.0f}); "
+           f"{dev['read_4k_equiv_per_s_p90'] / disk['rand_read_iops']:.2f} x |"] if dev else []),
+        f"| rows read from disk files (cache misses, features + histories) / s | "
         f"{tr['memmap_rows_read_per_s']:,.0f} = {tr['memmap_rows_read_per_s_over_disk_rand_iops']:.2f} x the disk's "
         f"random 4 KiB read rate |",
         f"| row caches | {cache.get('cache_policy')}, {cache.get('cache_rows', 0):,} rows each; hit rate features "
@@ -210,6 +256,9 @@ def main() -> None:
                     help="gather threads: each page fault is one read in flight, and the disk needs >= 16 in "
                          "flight for its random-read rate (train's default is 4)")
     ap.add_argument("--budget", default="12GB")
+    ap.add_argument("--partitioner", default=None, help="prepare's --partitioner (default: its auto)")
+    ap.add_argument("--feature-dtype", default="float32", choices=["float32", "float16"])
+    ap.add_argument("--history-dtype", default="float32", choices=["float32", "float16"])
     ap.add_argument("--workdir", type=Path, required=True)
     ap.add_argument("--skip-inference", action="store_true",
                     help="no separate `oocgnn eval` stage (train's last epoch already ends with a layer-wise sweep "
@@ -222,6 +271,7 @@ def main() -> None:
     results = json.loads(results_path.read_text()) if results_path.exists() else {"stages": {}}
     results.update(machine=machine(), nodes=args.nodes, edges=args.edges, features=args.features,
                    hidden=args.hidden, layers=args.layers, homophily=args.homophily, io_threads=args.io_threads,
+                   feature_dtype=args.feature_dtype, history_dtype=args.history_dtype,
                    budget_bytes=parse_size(args.budget), command=" ".join(sys.argv))
     if "disk" not in results:
         results["disk"] = disk_bandwidth(work)
@@ -235,11 +285,14 @@ def main() -> None:
             "oocgnn", "prepare", "synthetic", "--nodes", str(args.nodes), "--edges", str(args.edges),
             "--features", str(args.features), "--classes", str(args.classes), "--homophily", str(args.homophily),
             "--out", str(store),
-            "--memory-budget", args.budget, *(["--partitions", str(args.partitions)] if args.partitions else [])]),
+            "--memory-budget", args.budget, "--feature-dtype", args.feature_dtype,
+            *(["--partitions", str(args.partitions)] if args.partitions else []),
+            *(["--partitioner", args.partitioner] if args.partitioner else [])]),
         "train": (run / "summary.json", None, [
             "oocgnn", "train", "--data", str(store), "--run-dir", str(run), "--epochs", "1",
             "--layers", str(args.layers), "--hidden", str(args.hidden), "--parts-per-batch", str(args.parts_per_batch),
-            "--io-threads", str(args.io_threads), "--memory-budget", args.budget, "--checkpoint-every", "20"]),
+            "--io-threads", str(args.io_threads), "--memory-budget", args.budget, "--checkpoint-every", "20",
+            "--history-dtype", args.history_dtype]),
         # `oocgnn eval` prints its accuracies as one JSON line: that file is also the stage's done-marker
         "inference": (inference_out, inference_out, ["oocgnn", "eval", "--run-dir", str(run)]),
     }
@@ -257,8 +310,8 @@ def main() -> None:
     if inference_out.exists() and inference_out.read_text().strip():
         results["inference_result"] = json.loads(inference_out.read_text().strip().splitlines()[-1])
     # measured after the stages, so it does not compete with them
-    if "rand_read_iops" not in results["disk"]:
-        results["disk"].update(disk_random_read(work))
+    if "rand_read_iops" not in results["disk"]:  # the device's 4 KiB random reads at 64 in flight (AIO)
+        results["disk"].update(disk_random_read_aio(store / "features.npy"))
     summarise(results, store, run)
     save()
     table = markdown(results)

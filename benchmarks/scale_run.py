@@ -252,9 +252,9 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--partitions", type=int, default=None)
     ap.add_argument("--parts-per-batch", type=int, default=1)
-    ap.add_argument("--io-threads", type=int, default=16,
-                    help="gather threads: each page fault is one read in flight, and the disk needs >= 16 in "
-                         "flight for its random-read rate (train's default is 4)")
+    ap.add_argument("--io-threads", type=int, default=None,
+                    help="train's --io-threads (only --io-engine mmap and --in-memory use threads; the default "
+                         "row-gather engine keeps 64 page reads in flight itself, so this is not passed unless given)")
     ap.add_argument("--budget", default="12GB")
     ap.add_argument("--partitioner", default=None, help="prepare's --partitioner (default: its auto)")
     ap.add_argument("--feature-dtype", default="float32", choices=["float32", "float16"])
@@ -291,7 +291,8 @@ def main() -> None:
         "train": (run / "summary.json", None, [
             "oocgnn", "train", "--data", str(store), "--run-dir", str(run), "--epochs", "1",
             "--layers", str(args.layers), "--hidden", str(args.hidden), "--parts-per-batch", str(args.parts_per_batch),
-            "--io-threads", str(args.io_threads), "--memory-budget", args.budget, "--checkpoint-every", "20",
+            *(["--io-threads", str(args.io_threads)] if args.io_threads is not None else []),
+            "--memory-budget", args.budget, "--checkpoint-every", "20",
             "--history-dtype", args.history_dtype]),
         # `oocgnn eval` prints its accuracies as one JSON line: that file is also the stage's done-marker
         "inference": (inference_out, inference_out, ["oocgnn", "eval", "--run-dir", str(run)]),

@@ -136,3 +136,17 @@ def test_finished_run_on_another_store_refuses(finished, tmp_path, capsys) -> No
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "another dataset store" in err and "--overwrite" in err, err
+
+
+@pytest.mark.parametrize("extra,warned", [
+    (["--io-threads", "3"], "--io-threads 3 has no effect with --io-engine auto"),
+    (["--io-threads", "3", "--io-engine", "mmap"], None),
+    (["--cache", "none", "--cache-fraction", "0.5"], "--cache-fraction 0.5 has no effect with --cache none"),
+])
+def test_a_flag_the_command_makes_inert_says_so(store, tmp_path, caplog, extra, warned) -> None:
+    caplog.set_level(logging.WARNING)
+    argv = ["train", "--data", str(store), "--run-dir", str(tmp_path / "run"), "--epochs", "1", "--no-progress",
+            "--no-checkpoints", *extra]
+    assert main(argv) == 0
+    said = [r.getMessage() for r in caplog.records if "has no effect" in r.getMessage()]
+    assert said == ([] if warned is None else [next(m for m in said if warned in m)])

@@ -94,7 +94,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--seed", type=int, help="seed of initialisation, dropout and the epoch plans (default 0)")
     g = p.add_argument_group("I/O and memory")
     g.add_argument("--device", help="cpu or cuda[:N] (default cpu)")
-    g.add_argument("--io-threads", type=int, help="threads gathering feature/history rows (default 4)")
+    g.add_argument("--io-threads", type=int, help="threads gathering rows with --io-engine mmap or --in-memory (default "
+                   "4); the default engine keeps 64 page reads in flight from one thread and does not use them")
     g.add_argument("--prefetch", type=int, help="batches read ahead into the staging ring; 0 = synchronous (default 2)")
     g.add_argument("--memory-budget",
                    help="RAM for staging ring and caches, e.g. 12GB or 512MiB (default: half the available RAM)")
@@ -240,6 +241,15 @@ def _check_ranks(args: argparse.Namespace, cfg: RunConfig) -> None:
             raise ConfigError("--dist-timeout needs several ranks (--nproc-per-node N or torchrun)")
 
 
+def _warn_inert(args: argparse.Namespace, cfg: RunConfig) -> None:
+    """One line for a flag the rest of the command makes ineffective (it is kept, not refused: configs reuse it)."""
+    if args.io_threads is not None and cfg.io.io_engine != "mmap" and not cfg.io.in_memory:
+        log.warning("--io-threads %d has no effect with --io-engine %s: the row-gather engine keeps its reads in "
+                    "flight itself (it applies to --io-engine mmap and --in-memory)", args.io_threads, cfg.io.io_engine)
+    if args.cache_fraction is not None and cfg.io.cache == "none":
+        log.warning("--cache-fraction %g has no effect with --cache none", args.cache_fraction)
+
+
 def _finished(args: argparse.Namespace, cfg: RunConfig, ds: Any, world_size: int) -> bool:
     """True (and one log line) when RUN already holds exactly this finished run; a changed command raises.
 
@@ -289,6 +299,8 @@ def _train(args: argparse.Namespace, cfg: RunConfig, ds: Any, dist: Any) -> int:
 
     if _finished(args, cfg, ds, dist.world_size):
         return 0
+    if dist.is_main:
+        _warn_inert(args, cfg)
     run_dir: Path = args.run_dir
     if dist.is_main:
         if args.overwrite and run_dir.exists():

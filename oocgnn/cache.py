@@ -80,9 +80,8 @@ class FeatureCache:
     def release(self) -> None:
         """Free the row buffer and forget every cached row.
 
-        A layer-wise sweep reads no cache, and an input table loaded whole into RAM
-        (:mod:`oocgnn.train.stream`) serves every row a cache could: at billion scale the
-        caches hold the room that table needs.  :meth:`begin_epoch` allocates the buffer
+        An input table loaded whole into RAM for a layer-wise sweep (:mod:`oocgnn.train.stream`)
+        serves every row a cache could, and at billion scale the caches hold the room it needs.  :meth:`begin_epoch` allocates the buffer
         again, and the rows come back as the next epoch reads them.
         """
         self.buf = torch.empty(0, self.width, dtype=torch.float32)

@@ -39,7 +39,7 @@ def test_anonymous_peak_stays_under_budget(store, tmp_path) -> None:
 
     # compile the trainer's numba kernel first: its one-time JIT memory is part of the process
     # baseline (which the plan measures), not of the 256 MB this test gives one batch
-    partition_halo_sizes(np.array([0, 1, 1]), np.array([0]), np.array([0, 1, 2]))
+    partition_halo_sizes(store.indptr, store.indices, store.partition_ptr)
     base = current_anon_rss()
     budget = base + (256 << 20)
     trainer = make_trainer(store, _cfg(tmp_path, budget), tmp_path / "run")

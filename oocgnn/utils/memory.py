@@ -7,7 +7,6 @@ actually available, and track the peak resident set size we report per stage.
 from __future__ import annotations
 
 import ctypes
-
 import re
 import resource
 import threading

@@ -299,8 +299,6 @@ def _train(args: argparse.Namespace, cfg: RunConfig, ds: Any, dist: Any) -> int:
 
     if _finished(args, cfg, ds, dist.world_size):
         return 0
-    if dist.is_main:
-        _warn_inert(args, cfg)
     run_dir: Path = args.run_dir
     if dist.is_main:
         if args.overwrite and run_dir.exists():
@@ -324,6 +322,8 @@ def _train(args: argparse.Namespace, cfg: RunConfig, ds: Any, dist: Any) -> int:
     except BaseException:
         session.close()
         raise
+    if dist.is_main:  # after every refusal: a command that stops with one line says only that line
+        _warn_inert(args, cfg)
     try:
         session.attach(trainer)
         summary = fit(trainer, tqdm_progress(args.progress), session)

@@ -31,7 +31,8 @@ def main() -> None:
     ap.add_argument("--parts-per-batch", type=int, default=2)
     ap.add_argument("--batches", type=int, default=3, help="halos gathered per configuration")
     args = ap.parse_args()
-    from oocgnn.batching import build_subgraph, epoch_plan, group_ranges
+    from oocgnn.batching import epoch_plan, group_ranges
+    from oocgnn.subgraph import build_subgraph
     from oocgnn.io import rowfile_for
     from oocgnn.io.rowfile import MAX_GAP_PAGES
     from oocgnn.store.reader import open_dataset

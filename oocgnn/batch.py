@@ -32,6 +32,7 @@ class SubgraphBatch:
             whole graph equals a full-batch GCN.
         edge_index: [2, nnz] int64 local (source=col, target=row) edges into the
             batch rows, **without** self-loops; for GAT / SAGE style convolutions.
+            None when the model does not read it (``GASModel.uses_edge_index``).
         deg: [B] float32 in-degree (without self-loop) of each batch row; all of a
             batch row's neighbours are present, so this is the global degree.
         y: [B] int64 labels of batch rows (-1 = none).
@@ -47,7 +48,7 @@ class SubgraphBatch:
     ranges: list[tuple[int, int]]
     x: torch.Tensor
     adj_t: torch.Tensor
-    edge_index: torch.Tensor
+    edge_index: torch.Tensor | None
     deg: torch.Tensor
     y: torch.Tensor
     train_mask: torch.Tensor

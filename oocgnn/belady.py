@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from oocgnn.batching import Ranges, batch_halo
+from oocgnn.subgraph import Ranges, batch_halo
 
 INF = np.iinfo(np.int64).max
 

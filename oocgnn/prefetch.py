@@ -35,9 +35,9 @@ import numpy as np
 import torch
 
 from oocgnn.batch import SubgraphBatch
-from oocgnn.batching import Ranges, SubgraphStructure, build_subgraph
+from oocgnn.subgraph import Ranges, SubgraphBuilder, SubgraphStructure
 from oocgnn.history import HistorySet, HistoryTable
-from oocgnn.io import RowFile, rowfile_for
+from oocgnn.io import RowFile, is_mapped, rowfile_for
 from oocgnn.utils.mapped import check_window
 
 log = logging.getLogger(__name__)
@@ -119,13 +119,16 @@ class BatchLoader:
     (evaluation sweeps); ``hist_tables`` are the tables whose halo rows the model
     pulls (training) or ``[]`` (evaluation).  ``io_engine`` chooses how random rows
     of file-backed sources are read (``--io-engine``; RAM arrays are always indexed).
+    ``subgraphs``: the trainer's builder (kept across epochs and sweeps: 8 bytes per
+    node); without one the loader makes its own.
     """
 
     def __init__(self, indptr: np.ndarray, indices: np.ndarray, x_source: np.ndarray | HistoryTable,
                  histories: HistorySet | None, hist_tables: list[int], pool: ThreadPoolExecutor | None,
                  io_threads: int = 1, cache: object | None = None, hist_caches: list | None = None,
-                 io_engine: str = "auto") -> None:
+                 io_engine: str = "auto", subgraphs: SubgraphBuilder | None = None) -> None:
         self.indptr, self.indices = indptr, indices
+        self.subgraphs = subgraphs if subgraphs is not None else SubgraphBuilder(indptr, indices, io_engine)
         #: per-table HistoryCache (or None), indexed by table; only for loaders whose plan the caches know
         self.hist_caches = hist_caches
         self.histories, self.hist_tables = histories, hist_tables
@@ -138,6 +141,8 @@ class BatchLoader:
         #: id(source tensor) -> (tensor, its RowFile): _gather keeps its (src, ids, out) signature
         self._files: dict[int, tuple[torch.Tensor, RowFile]] = {}
         self._hist_pool: ThreadPoolExecutor | None = None  #: one thread: halo history rows (see load)
+        #: id(source tensor) of sources that live in RAM (no file behind them): gathered by one index_select
+        self._in_ram: set[int] = set()
         self._open_file(self.x_t, x_array, io_engine, isinstance(x_source, HistoryTable))
         for t in hist_tables:
             table = histories.tables[t]
@@ -147,6 +152,8 @@ class BatchLoader:
         rf = rowfile_for(array, engine, written=written)  # history tables: written through a memmap
         if rf is not None:
             self._files[id(src)] = (src, rf)
+        elif not is_mapped(array):
+            self._in_ram.add(id(src))
 
     def close(self) -> None:
         """Close the engine's file descriptors (also done when the loader is collected)."""
@@ -159,7 +166,8 @@ class BatchLoader:
 
     def _gather(self, src: torch.Tensor, ids: np.ndarray, out: torch.Tensor) -> None:
         """``out[:] = src[ids]`` (float32 out): through the row-gather engine for file-backed
-        sources, else split into chunks over the I/O pool."""
+        sources; memory-mapped ones (``--io-engine mmap``, ``--in-memory``) in chunks over the I/O
+        pool (page faults in flight at once); RAM arrays (streamed sweeps) in one call."""
         n = len(ids)
         if n == 0:
             return
@@ -168,6 +176,12 @@ class BatchLoader:
             self._gather_engine(entry[1], src, ids, out)
             return
         idx = torch.from_numpy(ids)
+        if id(src) in self._in_ram:  # no I/O to overlap: one call, parallel over torch's intra-op threads
+            if src.dtype == out.dtype:
+                torch.index_select(src, 0, idx, out=out[:n])
+            else:
+                out[:n].copy_(src.index_select(0, idx))
+            return
 
         def run(a: int, b: int) -> None:
             if src.dtype == out.dtype:
@@ -198,7 +212,7 @@ class BatchLoader:
             out.copy_(tmp)
 
     def load(self, ranges: Ranges, slot: Slot) -> Prepared:
-        sub = build_subgraph(self.indptr, self.indices, ranges)
+        sub = self.subgraphs(ranges)
         B, n = sub.batch_size, len(sub.n_id)
         st = IOStats(batch_rows=B, halo_rows=n - B, batches=1)
         st.csr_bytes = (B + len(ranges)) * 8 + (int(sub.crow[-1]) - B) * self.indices.dtype.itemsize + (n - B) * 16
@@ -256,16 +270,19 @@ class Prefetcher:
 
     Yields :class:`SubgraphBatch` objects whose tensors live in ring slots: a batch
     is valid until the next one is requested.  ``close()`` joins the coordinator;
-    a worker exception is re-raised in the iterating thread.
+    a worker exception is re-raised in the iterating thread.  ``edge_index``: build
+    ``batch.edge_index`` (16 bytes per edge on the iterating thread; only models with
+    ``uses_edge_index`` read it), else it is None.
     """
 
     def __init__(self, loader: BatchLoader, plan: list[Ranges], slots: list[Slot], depth: int,
                  labels: np.ndarray, train_mask: np.ndarray, device: torch.device, staleness_bound: int = 0,
-                 step_fn=None) -> None:
+                 step_fn=None, edge_index: bool = True) -> None:
         assert len(slots) >= depth + 1, "ring needs depth + 1 slots"
         self.loader, self.plan, self.slots, self.depth = loader, plan, slots, depth
         self.labels, self.train_mask, self.device = labels, train_mask, device
         self.bound = staleness_bound
+        self.with_edge_index = edge_index
         self.step_fn = step_fn or (lambda: 0)
         self.stats = IOStats()
         self._ready: queue.Queue = queue.Queue()
@@ -331,9 +348,10 @@ class Prefetcher:
         sub = prep.sub
         B = sub.batch_size
         rows = sub.n_id[:B]
-        cpu = dict(x=prep.x, adj_t=sub.adj_t(), edge_index=torch.from_numpy(sub.edge_index),
-                   deg=torch.from_numpy(sub.deg), y=torch.from_numpy(self.labels[rows].astype(np.int64)),
+        cpu = dict(x=prep.x, adj_t=sub.adj_t(), deg=torch.from_numpy(sub.deg), y=torch.from_numpy(self.labels[rows].astype(np.int64)),
                    train_mask=torch.from_numpy(self.train_mask[rows]))
+        if self.with_edge_index:
+            cpu["edge_index"] = torch.from_numpy(sub.edge_index)
         hist = list(prep.hist)
         step = self.step_fn()
         ages = [torch.from_numpy(self.loader.histories.age(t, sub.n_id[B:], step)) for t in self.loader.hist_tables] \
@@ -346,6 +364,7 @@ class Prefetcher:
                 ev.record(self._stream)
             torch.cuda.current_stream().wait_event(ev)
             self._event = ev
+        cpu.setdefault("edge_index", None)
         return SubgraphBatch(n_id=sub.n_id, batch_size=B, ranges=sub.ranges, halo_hist=hist, hist_age=ages, **cpu)
 
     def close(self) -> None:

@@ -13,7 +13,7 @@ History caches stay exact: rows read ahead are inserted under the cache's lock, 
 miss, and every landed push refreshes cached copies (:class:`oocgnn.cache.HistoryCache`).
 
 The halos of upcoming batches come from the epoch plan (one CSR pass per batch,
-:class:`~oocgnn.batching.HaloFinder`, memoised and shared by the feature cache and every
+:class:`~oocgnn.subgraph.HaloFinder`, memoised and shared by the feature cache and every
 history cache, which read on two threads).
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from oocgnn.batching import HaloFinder, Ranges
+from oocgnn.subgraph import HaloFinder, Ranges
 
 #: batches one read covers at most (this one and the next READ_AHEAD_BATCHES - 1)
 READ_AHEAD_BATCHES = 4
@@ -33,9 +33,10 @@ class ReadAhead:
     """Which upcoming halo ids each cache should read with batch ``t``'s misses."""
 
     def __init__(self, indptr: np.ndarray, indices: np.ndarray, plan: list[Ranges], max_rows: int,
-                 batches: int = READ_AHEAD_BATCHES) -> None:
+                 batches: int = READ_AHEAD_BATCHES, engine: str = "mmap") -> None:
         self.plan = plan
-        self._find = HaloFinder(indptr, indices)  # 4 bytes per node, charged with the read-ahead rows
+        # 4 bytes per node, charged with the read-ahead rows; CSR rows read through the engine (--io-engine)
+        self._find = HaloFinder(indptr, indices, engine)
         self.max_rows = int(max_rows)  #: most ids one read may add (the memory plan charges their staging)
         self.batches = int(batches)
         self._halos: dict[int, np.ndarray] = {}
@@ -87,6 +88,7 @@ def attach_read_ahead(caches: list[Any], trainer: Any, plan: list[Ranges]) -> No
     mp = getattr(trainer, "memory_plan", None) or {}
     rows, batches = int(mp.get("read_ahead_rows", 0)), int(mp.get("read_ahead_batches", READ_AHEAD_BATCHES))
     lru = [c for c in caches if c.kind == "lru" and not c.needs_stream]
-    ra = ReadAhead(trainer.indptr, trainer.indices, plan, rows, batches) if rows > 0 and lru else None
+    ra = ReadAhead(trainer.indptr, trainer.indices, plan, rows, batches, trainer.cfg.io.io_engine) \
+        if rows > 0 and lru else None
     for c in caches:
         c.read_ahead = ra if c in lru else None

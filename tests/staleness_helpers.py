@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from oocgnn.batch import SubgraphBatch
-from oocgnn.batching import build_subgraph
+from oocgnn.subgraph import build_subgraph
 
 
 def ring_csr(n: int = 60, extra: int = 120, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

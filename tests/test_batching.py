@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from oocgnn.batching import build_subgraph, epoch_plan, group_ranges, ranges_to_ids
+from oocgnn.batching import epoch_plan, group_ranges, ranges_to_ids
+from oocgnn.subgraph import build_subgraph
 
 
 def _csr(n: int, m: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, sp.csr_matrix]:
@@ -65,7 +66,7 @@ def test_subgraph_matches_dense_reference(ranges: list) -> None:
 
 
 def test_partition_halo_sizes_and_halo_finder_equal_the_unique_reference() -> None:
-    from oocgnn.batching import HaloFinder, batch_halo, partition_halo_sizes
+    from oocgnn.subgraph import HaloFinder, batch_halo, partition_halo_sizes
 
     rng = np.random.default_rng(4)
     n, m = 500, 4000
@@ -84,3 +85,27 @@ def test_partition_halo_sizes_and_halo_finder_equal_the_unique_reference() -> No
     find.mark = np.iinfo(np.int32).max - 1  # the stamp wraps: cleared, still exact
     for _ in range(3):
         assert np.array_equal(find([(37, 120)]), batch_halo(indptr, indices, [(37, 120)]))
+
+
+@pytest.mark.parametrize("engine", ["auto", "pread", "mmap"])
+def test_builder_reads_csr_files_and_reuses_its_map_across_batches(tmp_path, engine: str) -> None:
+    """One builder over .npy files (read as ranges, O_DIRECT where allowed) equals a fresh build on RAM arrays,
+    bitwise, batch after batch: the node -> local id map is never cleared between batches."""
+    from oocgnn.subgraph import SubgraphBuilder
+
+    indptr, indices, _ = _csr(3000, 20000, seed=7)
+    np.save(tmp_path / "indptr.npy", indptr)
+    np.save(tmp_path / "indices.npy", indices)
+    ptr_m, idx_m = np.load(tmp_path / "indptr.npy", mmap_mode="r"), np.load(tmp_path / "indices.npy", mmap_mode="r")
+    builder = SubgraphBuilder(ptr_m, idx_m, engine)
+    assert builder.reader.reads_files == (engine != "mmap")
+    parts = np.linspace(0, 3000, 31).astype(np.int64)
+    rng = np.random.default_rng(0)
+    groups = [rng.choice(30, size=k, replace=False) for k in (1, 3, 2, 30, 1, 5)] + [np.array([29]), np.array([0])]
+    for g in groups:
+        ranges = group_ranges(parts, g)
+        got, ref = builder(ranges), build_subgraph(indptr, indices, ranges)
+        for name in ("n_id", "crow", "col", "weight", "deg"):
+            a, b = getattr(got, name), getattr(ref, name)
+            assert a.dtype == b.dtype and np.array_equal(a, b), name
+    builder.close()

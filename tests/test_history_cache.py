@@ -130,7 +130,8 @@ def test_caches_without_access_stream_are_lru_and_bitwise(store, tmp_path, monke
 
 def test_read_ahead_serves_the_next_batches_halos_from_one_read(store) -> None:
     """Batch 0's miss read fetches the halos of batches 1..3 too; they then read nothing, and every row is exact."""
-    from oocgnn.batching import batch_halo, group_ranges
+    from oocgnn.batching import group_ranges
+    from oocgnn.subgraph import batch_halo
     from oocgnn.read_ahead import ReadAhead
 
     indptr, indices = np.asarray(store.indptr), np.asarray(store.indices)

@@ -1,7 +1,7 @@
 """Models on GAS batches vs plain full-batch PyG models (differential tests).
 
 A private helper builds :class:`SubgraphBatch` objects exactly per the contract in
-``oocgnn/batch.py`` (the trainer's real builder lives in ``oocgnn/batching.py``).
+``oocgnn/batch.py`` (the trainer's real builder lives in ``oocgnn/subgraph.py``).
 """
 from __future__ import annotations
 

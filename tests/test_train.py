@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch_geometric.nn import GCNConv
 
-from oocgnn.batching import build_subgraph
+from oocgnn.subgraph import build_subgraph
 from oocgnn.prefetch import Slot
 from oocgnn.testing.stores import make_store, random_graph
 from oocgnn.train.config import EvalConfig, IOConfig, ModelConfig, OptimConfig, RunConfig

@@ -7,7 +7,7 @@ chosen by ``--io-engine {auto,direct,pread,mmap}`` (see :mod:`oocgnn.io.rowfile`
 arrays they already have.
 """
 from oocgnn.io.rowfile import ENGINES, RowFile, aligned_empty, gather_rows, reset_fallback_warnings
-from oocgnn.io.source import file_region, rowfile_for
+from oocgnn.io.source import file_region, is_mapped, rowfile_for
 
-__all__ = ["ENGINES", "RowFile", "aligned_empty", "file_region", "gather_rows", "reset_fallback_warnings",
-           "rowfile_for"]
+__all__ = ["ENGINES", "RowFile", "aligned_empty", "file_region", "gather_rows", "is_mapped",
+           "reset_fallback_warnings", "rowfile_for"]

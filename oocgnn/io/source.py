@@ -36,6 +36,16 @@ def file_region(array: np.ndarray) -> tuple[str, int] | None:
     return str(root.filename), int(root.offset) + (array.ctypes.data - root.ctypes.data)
 
 
+def is_mapped(array: np.ndarray) -> bool:
+    """True if ``array`` is (a view of) a memory-mapped file: reading it may fault pages in."""
+    a: object = array
+    while isinstance(a, np.ndarray):
+        if isinstance(a, np.memmap) or isinstance(a.base, mmap.mmap):
+            return True
+        a = a.base
+    return False
+
+
 def rowfile_for(array: np.ndarray, engine: str, written: bool = False, **kw) -> RowFile | None:
     """A :class:`RowFile` over the rows of memmap ``array``; None for RAM arrays or ``engine="mmap"``.
 

@@ -63,9 +63,13 @@ class GASModel(torch.nn.Module):
         history_channels: width of each history table.
         needs_features_every_layer: True when every layer reads ``batch.x`` (GCNII's
             initial residual), so layer-wise inference must load features at every sweep.
+        uses_edge_index: True when the layers read ``batch.edge_index`` (GAT, SAGE); the
+            prefetcher builds it only then (None otherwise).
     """
 
     needs_features_every_layer: bool = False
+    #: the layers read ``batch.edge_index`` (16 bytes per edge, built per batch only when True)
+    uses_edge_index: bool = False
 
     def __init__(self, in_channels: int, hidden_channels: int, out_channels: int,
                  num_layers: int, dropout: float = 0.5, batch_norm: bool = False,

@@ -64,6 +64,8 @@ class GAT(GASModel):
     dropout on attention coefficients (GATConv's ``dropout``).
     """
 
+    uses_edge_index = True
+
     def __init__(self, in_channels: int, hidden_channels: int, out_channels: int,
                  num_layers: int, dropout: float = 0.5, batch_norm: bool = False,
                  residual: bool = False, drop_input: bool = True, heads: int = 1,

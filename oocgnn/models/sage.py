@@ -36,6 +36,8 @@ def mean_adjacency(batch: SubgraphBatch) -> Tensor:
 class SAGE(GASModel):
     """``num_layers`` mean-SAGE convolutions; hidden: conv -> [BN] -> [+x] -> ReLU."""
 
+    uses_edge_index = True
+
     def __init__(self, in_channels: int, hidden_channels: int, out_channels: int,
                  num_layers: int, dropout: float = 0.5, batch_norm: bool = False,
                  residual: bool = False, drop_input: bool = True) -> None:

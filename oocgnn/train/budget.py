@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from oocgnn.batching import BUILD_BYTES_PER_EDGE, KEPT_BYTES_PER_EDGE, HaloFinder
+from oocgnn.subgraph import BUILD_BYTES_PER_EDGE, KEPT_BYTES_PER_EDGE, HaloFinder, READER_BYTES_PER_EDGE
 from oocgnn.errors import ConfigError
 from oocgnn.lru import LRUPolicy
 from oocgnn.read_ahead import READ_AHEAD_BATCHES
@@ -144,7 +144,7 @@ def plan_memory(trainer: Any, halo_sizes: np.ndarray, per_slot: int) -> dict[str
             "staging_ring_bytes": (depth + 1) * per_slot, "subgraph_bytes": (depth + 1) * kept + build,
             "activation_bytes": act, "writebehind_and_runtime_bytes": pushes, "belady_bytes": belady, "cache_room_bytes": max(0, left - belady),
             "cache_policy": policy, "cache_shadow": with_stream,
-            "planned_peak_anon_bytes": baseline + need(depth),
+            "planned_peak_anon_bytes": baseline + need(depth), "batch_edges": edges,
             # a layer-wise sweep: one layer, forward only (its output and the propagated input)
             "sweep_activation_bytes": 2 * rows * width * 4}
 
@@ -163,7 +163,7 @@ def cache_capacity(trainer: Any, width: int, hist_widths: list[int] | tuple[int,
     per_row = sum(w * 4 + CACHE_META_PER_ROW for w in (width, *hist_widths))
     # LRU caches at scale read the next batches' halos with this one's misses (oocgnn.read_ahead): the
     # extra rows are staged (float32, every cache at once on two threads) plus ids, memoised halos and
-    # the halo finder's stamps; as many batches ahead as leave the caches twice the rows read ahead
+    # the halo finder's stamps and CSR read buffer; as many batches ahead as leave the caches twice the rows read ahead
     n = trainer.ds.num_nodes
     rows = min(int(room) // per_row, n)
     ahead = ahead_bytes = batches = 0
@@ -171,7 +171,7 @@ def cache_capacity(trainer: Any, width: int, hist_widths: list[int] | tuple[int,
         for k in range(READ_AHEAD_BATCHES, 1, -1):  # the largest group whose rows the caches can keep until used
             a = min((k - 1) * int(getattr(trainer, "max_halo", 0)), n)
             a_bytes = a * (sum(w * 4 for w in (width, *hist_widths)) + READ_AHEAD_META_PER_ROW) \
-                + HaloFinder.BYTES_PER_NODE * n
+                + HaloFinder.BYTES_PER_NODE * n + READER_BYTES_PER_EDGE * int(plan.get("batch_edges", 0))
             r = min(int(room - a_bytes) // per_row, n)
             if a and r >= min(2 * a, n):
                 ahead, ahead_bytes, batches, rows = a, a_bytes, k, r

@@ -125,7 +125,7 @@ def layerwise_inference(trainer: Any, refresh: bool = True, logits_out: torch.Te
         prev_t = torch.from_numpy(ram) if (ram is not None and prev is not None) else None
         cache = _sweep_cache(trainer, src, plan) if path == "gather" else None
         loader = BatchLoader(trainer.indptr, trainer.indices, src, None, [], trainer.pool, trainer.cfg.io.io_threads,
-                             cache=cache, io_engine=trainer.cfg.io.io_engine)
+                             cache=cache, io_engine=trainer.cfg.io.io_engine, subgraphs=trainer.subgraphs)
         try:
             for batch in trainer.prefetcher(plan, loader):
                 x_all = batch.x

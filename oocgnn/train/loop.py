@@ -33,12 +33,13 @@ import torch
 import torch.nn.functional as F
 
 from oocgnn.batch import SubgraphBatch
-from oocgnn.batching import RankSplit, group_ranges, partition_halo_sizes
+from oocgnn.batching import RankSplit, group_ranges
 from oocgnn.cache import begin_epoch_caches, caches_epoch_metrics
 from oocgnn.errors import ConfigError
 from oocgnn.history import HistorySet
 from oocgnn.models import build_model
 from oocgnn.prefetch import BatchLoader, IOStats, Prefetcher, Slot, advise_random, ring_rows_bound
+from oocgnn.subgraph import SubgraphBuilder, partition_halo_sizes
 from oocgnn.train.budget import mapped_window, plan_memory
 from oocgnn.train.config import RunConfig
 from oocgnn.train.dist import SINGLE, DistContext
@@ -133,6 +134,8 @@ class Trainer:
         self.labels = np.asarray(ds.labels).astype(np.int64)
         self.train_mask = np.zeros(ds.num_nodes, dtype=bool)
         self.train_mask[ds.split("train")] = True
+        #: every batch's subgraph (CSR rows read as ranges; degrees and a local id map: 8 B per node, in the baseline)
+        self.subgraphs = SubgraphBuilder(self.indptr, self.indices, cfg.io.io_engine)
 
         self._build_ring()
         if dist.active:
@@ -153,7 +156,7 @@ class Trainer:
 
     # ------------------------------------------------------------ staging ring
     def _build_ring(self) -> None:
-        halo = partition_halo_sizes(self.indptr, self.indices, self.partition_ptr)
+        halo = partition_halo_sizes(self.indptr, self.indices, self.partition_ptr, self.cfg.io.io_engine)
         self.max_rows, self.max_halo = ring_rows_bound(self.partition_ptr, halo, self.cfg.train.parts_per_batch)
         width = max([self.ds.num_features, *self.model.history_channels])
         pin = self.device.type == "cuda"
@@ -186,7 +189,8 @@ class Trainer:
         if self.dist.lockstep:
             depth = 0  # a read ahead would race other ranks' pushes
         return Prefetcher(loader, plan, self.slots, depth, self.labels, self.train_mask, self.device,
-                          self.cfg.io.staleness_bound, step_fn=lambda: self.state.global_step)
+                          self.cfg.io.staleness_bound, step_fn=lambda: self.state.global_step,
+                          edge_index=self.model.uses_edge_index)
 
     # --------------------------------------------------------------- training
     def train_step(self, batch: SubgraphBatch) -> float:
@@ -300,7 +304,7 @@ class Trainer:
         actions = self.policy.plan_epoch(self)
         loader = BatchLoader(self.indptr, self.indices, self.features, self.histories,
                              list(range(len(self.histories))), self.pool, self.cfg.io.io_threads, self.cache,
-                             self.hist_caches, io_engine=self.cfg.io.io_engine)
+                             self.hist_caches, io_engine=self.cfg.io.io_engine, subgraphs=self.subgraphs)
         begin_epoch_caches(self, [a.ranges for a in actions])
         written0 = self.histories.bytes_written
         pf = self.prefetcher([a.ranges for a in actions], loader)
@@ -408,6 +412,7 @@ class Trainer:
         """Land pending pushes, join the writer threads, the I/O pool and the page releaser."""
         self.histories.close()
         self.policy.close()
+        self.subgraphs.close()
         scratch = getattr(self, "_eval_scratch", None)
         if scratch is not None:
             scratch.close()

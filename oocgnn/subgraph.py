@@ -1,0 +1,274 @@
+"""A batch in the graph: its 1-hop halo and its bipartite GCN adjacency, from the CSR.
+
+Assumptions first: the store is partition-ordered, its CSR is symmetric without
+self-loops, and ``indptr`` is int64.  A batch's rows are a few contiguous ranges, so
+its CSR rows are ranges too, read by :class:`oocgnn.io.csr.CSRReader` (no page
+faults); only the halo nodes' degrees are random, and they come from a degree array
+kept in RAM (4 bytes per node).
+
+Worked example (2 ranges)::
+
+    ranges = [(0, 3), (7, 9)]  ->  batch rows = [0, 1, 2, 7, 8], B = 5
+    a column c = 8 is in-batch at local id 3 + (8 - 7) = 4; c = 5 is halo and
+    gets local id B + (rank of its first appearance among halo columns).
+
+:class:`SubgraphBuilder` relabels columns in one nogil pass over the batch's edges with
+a node -> local id map it keeps between batches (a "sparse set": an entry is valid
+only if the batch's id list points back to it, so the map is never cleared), then
+fills the CSR with self-loops and GCN weights in a second pass.  The numpy version it
+replaced (searchsorted, unique, argsort over every edge) took ~1.2 s of a 50 M-node
+batch's ~6.6 M edges on one core.
+"""
+from __future__ import annotations
+
+import threading
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from numba import njit
+
+from oocgnn.io.csr import CSRReader
+
+Ranges = list[tuple[int, int]]
+
+#: bytes per CSR entry of a batch at the peak of a build (local ids, id list, columns,
+#: weights, the CSR read buffer), and retained by a built :class:`SubgraphStructure`;
+#: used to size the memory plan
+BUILD_BYTES_PER_EDGE = 32
+KEPT_BYTES_PER_EDGE = 8
+#: bytes per node a builder keeps (degrees and the node -> local id map, int32 each)
+BUILDER_BYTES_PER_NODE = 8
+#: bytes per CSR entry of a batch a :class:`CSRReader` keeps between reads (its grown
+#: buffers: the largest batch's ``indices`` slice, 8-byte ids at most, with 25 % to spare)
+READER_BYTES_PER_EDGE = 10
+
+
+@dataclass
+class SubgraphStructure:
+    """Everything about a batch that comes from the CSR (no feature rows).
+
+    ``crow``/``col`` are int32 when ``B + H`` and ``nnz + B`` fit (int64 otherwise);
+    ``edge_index`` is derived on demand, so a prepared batch waiting in the
+    prefetch queue holds only the CSR (about 8 bytes per edge, not 32).
+    """
+
+    ranges: Ranges
+    n_id: np.ndarray          #: [B+H] int64 store ids
+    batch_size: int
+    crow: np.ndarray          #: [B+1] int32/int64 row pointer of adj_t (with self-loops)
+    col: np.ndarray           #: [nnz+B] int32/int64 local column ids (same dtype as crow)
+    weight: np.ndarray        #: [nnz+B] float32 GCN weights from global degrees
+    deg: np.ndarray           #: [B] float32 degree without self-loop
+
+    @property
+    def num_halo(self) -> int:
+        return len(self.n_id) - self.batch_size
+
+    @property
+    def edge_index(self) -> np.ndarray:
+        """[2, nnz] int64 local (src=col, dst=row), no self-loops, in CSR order."""
+        B = self.batch_size
+        edge = np.ones(len(self.col), dtype=bool)
+        edge[self.crow[:-1]] = False  # the self-loop leads each row
+        out = np.empty((2, len(self.col) - B), dtype=np.int64)
+        out[0] = self.col[edge]
+        out[1] = np.repeat(np.arange(B, dtype=np.int64), np.diff(self.crow) - 1)
+        return out
+
+    def adj_t(self) -> torch.Tensor:
+        n = len(self.n_id)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "sparse CSR is beta"
+            return torch.sparse_csr_tensor(
+                torch.from_numpy(self.crow), torch.from_numpy(self.col), torch.from_numpy(self.weight),
+                size=(self.batch_size, n), check_invariants=False,
+            )
+
+
+def node_degrees(indptr: np.ndarray, block: int = 1 << 24) -> np.ndarray:
+    """``int32`` neighbour count of every node, by one sequential pass over ``indptr`` in blocks."""
+    n = len(indptr) - 1
+    deg = np.empty(max(n, 0), dtype=np.int32)
+    for s in range(0, n, block):
+        e = min(n, s + block)
+        np.subtract(indptr[s + 1:e + 1], indptr[s:e], out=deg[s:e], casting="unsafe")
+    return deg
+
+
+class SubgraphBuilder:
+    """Builds :class:`SubgraphStructure` of batches of one graph (one build at a time).
+
+    Keeps :data:`BUILDER_BYTES_PER_NODE` bytes per node (degrees, the local id map)
+    and the CSR reader's buffers; ``engine`` is ``--io-engine`` (``mmap``: slice the
+    memmaps, as before).
+    """
+
+    def __init__(self, indptr: np.ndarray, indices: np.ndarray, engine: str = "auto") -> None:
+        self.num_nodes = len(indptr) - 1
+        self.reader = CSRReader(indptr, indices, engine)
+        self.degree = node_degrees(indptr)
+        self._local_of = np.full(self.num_nodes, -1, dtype=np.int32)  # touched now: the plan sees it in RSS
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self.reader.close()
+
+    def __call__(self, ranges: Ranges) -> SubgraphStructure:
+        """Batch rows (the ranges), their 1-hop halo in first-seen order, bipartite CSR."""
+        with self._lock:
+            starts = np.array([s for s, _ in ranges], dtype=np.int64)
+            ends = np.array([e for _, e in ranges], dtype=np.int64)
+            offsets = np.concatenate(([0], np.cumsum(ends - starts))).astype(np.int64)
+            B = int(offsets[-1])
+            counts, cols = self.reader.slices(ranges)
+            nnz = len(cols)
+            cid = np.int32 if max(B + nnz, nnz + B) < 2**31 - 1 else np.int64  # torch: crow and col share a dtype
+            ids = np.empty(B + nnz, dtype=np.int64)
+            local = np.empty(nnz, dtype=cid)
+            n = _relabel(starts, ends, offsets, cols, self._local_of, ids, local)
+            n_id = ids[:n].copy()
+            del ids
+            deg = np.empty(n, dtype=np.float64)
+            deg[:B] = counts
+            deg[B:] = self.degree[n_id[B:]]
+            dinv = 1.0 / np.sqrt(deg + 1.0)
+            crow = np.empty(B + 1, dtype=cid)
+            crow[0] = 0
+            np.cumsum(counts + 1, out=crow[1:])
+            col = np.empty(nnz + B, dtype=cid)
+            weight = np.empty(nnz + B, dtype=np.float32)
+            _fill_csr(crow, local, dinv, col, weight)
+        return SubgraphStructure(ranges=list(ranges), n_id=n_id, batch_size=B, crow=crow, col=col,
+                                 weight=weight, deg=counts.astype(np.float32))
+
+
+def build_subgraph(indptr: np.ndarray, indices: np.ndarray, ranges: Ranges) -> SubgraphStructure:
+    """One batch's subgraph by a throwaway :class:`SubgraphBuilder` (tests, tools; loaders keep one)."""
+    return SubgraphBuilder(indptr, indices, engine="mmap")(ranges)
+
+
+@njit(nogil=True, cache=True)
+def _relabel(starts: np.ndarray, ends: np.ndarray, offsets: np.ndarray, cols: np.ndarray, local_of: np.ndarray,
+             ids: np.ndarray, local: np.ndarray) -> int:
+    """Local id of every column (batch rows by position, halo in first-seen order); returns B + H.
+
+    ``ids`` receives the store id of every local id.  ``local_of[v]`` is trusted only if
+    ``ids`` points back to ``v`` below the current count (sparse set: never cleared).
+    """
+    for r in range(len(starts)):
+        for v in range(starts[r], ends[r]):
+            lv = offsets[r] + v - starts[r]
+            local_of[v] = lv
+            ids[lv] = v
+    n = offsets[len(starts)]
+    for k in range(len(cols)):
+        c = cols[k]
+        lc = local_of[c]
+        if lc < 0 or lc >= n or ids[lc] != c:
+            lc = n
+            local_of[c] = n
+            ids[n] = c
+            n += 1
+        local[k] = lc
+    return n
+
+
+@njit(nogil=True, cache=True)
+def _fill_csr(crow: np.ndarray, local: np.ndarray, dinv: np.ndarray, col: np.ndarray, weight: np.ndarray) -> None:
+    """Each row: its self-loop first, then its edges; weights ``dinv[i] * dinv[j]`` (float64, stored float32)."""
+    k = 0
+    for i in range(len(crow) - 1):
+        o = crow[i]
+        col[o] = i
+        weight[o] = dinv[i] ** 2
+        for j in range(o + 1, crow[i + 1]):
+            c = local[k]
+            col[j] = c
+            weight[j] = dinv[i] * dinv[c]
+            k += 1
+
+
+# ------------------------------------------------------------------------ halos
+def batch_halo(indptr: np.ndarray, indices: np.ndarray, ranges: Ranges) -> np.ndarray:
+    """Sorted unique out-of-batch neighbours of a batch (its halo as a set)."""
+    cols = np.concatenate([np.asarray(indices[int(indptr[s]):int(indptr[e])]) for s, e in ranges]).astype(np.int64)
+    inb = np.zeros(len(cols), dtype=bool)
+    for s, e in ranges:
+        inb |= (cols >= s) & (cols < e)
+    return np.unique(cols[~inb])
+
+
+class HaloFinder:
+    """:func:`batch_halo` for many batches of one graph, without sorting every edge.
+
+    Keeps a stamp per node (4 bytes per node): one nogil pass marks the batch rows,
+    then collects each unmarked neighbour once; only the halo itself (not every edge,
+    ~9x more on the billion-edge store) is sorted.  CSR rows are read by a
+    :class:`CSRReader` through ``engine`` (``mmap``: slices of the arrays).
+    """
+
+    BYTES_PER_NODE = 4
+
+    def __init__(self, indptr: np.ndarray, indices: np.ndarray, engine: str = "mmap") -> None:
+        self.reader = CSRReader(indptr, indices, engine)
+        self.stamp = np.zeros(len(indptr) - 1, dtype=np.int32)
+        self.mark = 0
+
+    def close(self) -> None:
+        self.reader.close()
+
+    def __call__(self, ranges: Ranges) -> np.ndarray:
+        """The sorted halo of ``ranges``."""
+        cols = self.reader.slices(ranges)[1]
+        out = np.empty(len(cols), dtype=np.int64)
+        return np.sort(out[:self._pass(ranges, cols, out)])
+
+    def count(self, ranges: Ranges) -> int:
+        """How many nodes the halo of ``ranges`` has (nothing collected)."""
+        return self._pass(ranges, self.reader.slices(ranges)[1], np.empty(0, dtype=np.int64))
+
+    def _pass(self, ranges: Ranges, cols: np.ndarray, out: np.ndarray) -> int:
+        self.mark += 1
+        if self.mark == np.iinfo(np.int32).max:
+            self.stamp[:] = 0
+            self.mark = 1
+        starts = np.array([s for s, _ in ranges], dtype=np.int64)
+        ends = np.array([e for _, e in ranges], dtype=np.int64)
+        return _collect_halo(starts, ends, cols, self.stamp, self.mark, out)
+
+
+@njit(nogil=True, cache=True)
+def _collect_halo(starts: np.ndarray, ends: np.ndarray, cols: np.ndarray, stamp: np.ndarray, mark: int,
+                  out: np.ndarray) -> int:
+    for r in range(len(starts)):
+        for v in range(starts[r], ends[r]):
+            stamp[v] = mark
+    n = 0
+    for k in range(len(cols)):
+        c = cols[k]
+        if stamp[c] != mark:
+            stamp[c] = mark
+            if len(out):  # empty out: count only
+                out[n] = c
+            n += 1
+    return n
+
+
+def partition_halo_sizes(indptr: np.ndarray, indices: np.ndarray, partition_ptr: np.ndarray,
+                         engine: str = "mmap") -> np.ndarray:
+    """Halo size of every single partition (one sequential CSR pass).
+
+    The halo of a group is a subset of the union of its members' halos, so the sum
+    over a group bounds the group's halo: that sizes the staging ring exactly enough
+    without building every batch of every epoch.  Counted by :class:`HaloFinder`'s
+    stamp pass (no sort): the billion-edge store's 250 partitions take seconds where
+    ``np.unique`` per partition took minutes at every train start.
+    """
+    find = HaloFinder(indptr, indices, engine)
+    try:
+        ptr = np.asarray(partition_ptr, dtype=np.int64)
+        return np.array([find.count([(int(s), int(e))]) for s, e in zip(ptr[:-1], ptr[1:])], dtype=np.int64)
+    finally:
+        find.close()

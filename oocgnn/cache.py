@@ -86,7 +86,12 @@ class FeatureCache:
         """
         self.buf = torch.empty(0, self.width, dtype=torch.float32)
         self.accesses = self.nus = None  # the epoch's access stream (Belady): begin_epoch loads it again
+        self.detach_read_ahead()
         self._reset()
+
+    def detach_read_ahead(self) -> None:
+        """Forget this plan's read-ahead (shared by the caches: freed with the last one to drop it)."""
+        self.read_ahead = None
 
     def begin_epoch(self, trainer: Any, plan: list[Ranges], pre: tuple | None = None) -> None:
         """Load the epoch's access stream; ``pre`` = :func:`plan_accesses` shared by several caches."""
@@ -240,6 +245,12 @@ def begin_epoch_caches(trainer: Any, plan: list[Ranges]) -> None:
         for c in caches:
             c.begin_epoch(trainer, plan, pre)
         attach_read_ahead(caches, trainer, plan)
+
+
+def end_epoch_caches(trainer: Any) -> None:
+    """Drop the caches' read-ahead of the finished plan (its halo finder holds 4 bytes per node)."""
+    for c in row_caches(trainer):
+        c.detach_read_ahead()
 
 
 def begin_sweep_cache(cache: FeatureCache, trainer: Any, plan: list[Ranges]) -> None:

@@ -57,7 +57,7 @@ def test_whole_graph_batch_equals_full_batch_pyg(store) -> None:
     ref.load_state_dict(tr.model.state_dict(), strict=False)
     opt = torch.optim.Adam(ref.parameters(), lr=0.01)
     x = torch.from_numpy(np.array(store.features, dtype=np.float32))
-    ei, y = store_edge_index(store), torch.from_numpy(tr.labels)
+    ei, y = store_edge_index(store), torch.from_numpy(tr.labels.astype(np.int64))
     train = torch.from_numpy(store.split("train"))
     names = dict(ref.named_parameters())
     for _ in range(3):  # three steps: one single-batch epoch each

@@ -136,6 +136,10 @@ class GASModel(torch.nn.Module):
             state = self._inference_state(batch)
         return self._layer(layer, x, batch, state)
 
+    def release_buffers(self) -> None:
+        """Free the dropout buffers training keeps between steps (the next training step allocates them)."""
+        self._drop_bufs.clear()
+
     def first_layer_parameters(self) -> list[torch.nn.Parameter]:
         """Parameters of the first layer (its conv or input linear, and its norm).
 

@@ -8,7 +8,7 @@ parameters by sweep ``l-1``, so the final logits equal a full-batch forward.
 ``refresh=True`` sweeps into the training tables (GAS does this each epoch, which
 leaves every history fresh).  ``refresh=False`` sweeps into scratch tables
 ``RUN/histories/eval_*`` so the training histories, and their last-push steps,
-stay exactly as training left them.  Only predictions (``int64[N]``) are kept,
+stay exactly as training left them.  Only predictions (``int32[N]``) are kept,
 never ``[N, C]`` logits.
 
 Each sweep's input table (features for ``l = 0``, table ``l-1`` after) is either
@@ -101,7 +101,7 @@ def layerwise_inference(trainer: Any, refresh: bool = True, logits_out: torch.Te
     mode = stream if stream is not None else getattr(trainer.cfg.io, "stream_inference", "auto")
     plan = [group_ranges(trainer.partition_ptr, g)
             for g in fixed_plan(len(trainer.partition_ptr) - 1, trainer.cfg.train.parts_per_batch)]
-    preds = np.full(trainer.ds.num_nodes, -1, dtype=np.int64)
+    preds = np.full(trainer.ds.num_nodes, -1, dtype=np.int32)  # class ids fit; 4 B/node is charged
     num_layers = model.num_inference_layers
     feat_every = bool(getattr(model, "needs_features_every_layer", False))
     xbuf = None

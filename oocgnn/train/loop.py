@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from oocgnn.batch import SubgraphBatch
 from oocgnn.batching import RankSplit, group_ranges
-from oocgnn.cache import begin_epoch_caches, caches_epoch_metrics
+from oocgnn.cache import begin_epoch_caches, caches_epoch_metrics, end_epoch_caches
 from oocgnn.errors import ConfigError
 from oocgnn.history import HistorySet
 from oocgnn.models import build_model
@@ -131,7 +131,8 @@ class Trainer:
             advise_random(self.features)
             for t in self.histories.tables:
                 advise_random(t.array)
-        self.labels = np.asarray(ds.labels).astype(np.int64)
+        # compact (-1 = no label): int64 labels took 400 MB at 50 M nodes, room a streamed sweep needs
+        self.labels = np.asarray(ds.labels).astype(np.int16 if ds.num_classes < 2**15 else np.int32)
         self.train_mask = np.zeros(ds.num_nodes, dtype=bool)
         self.train_mask[ds.split("train")] = True
         #: every batch's subgraph (CSR rows read as ranges; degrees and a local id map: 8 B per node, in the baseline)
@@ -325,6 +326,8 @@ class Trainer:
             if on_batch is not None:
                 on_batch({"loss": float("nan"), "io_wait_s": pf.stats.io_wait_s})
         loader.close()  # the plan is read: its file descriptors and history-gather thread go now, not at GC
+        end_epoch_caches(self)  # and the caches' read-ahead of it; the dropout buffers of its steps too, so a
+        self.model.release_buffers()  # sweep after the epoch finds the room the plan counts (~1 GB at 50 M nodes)
         self.drain_exchange()
         self.histories.flush()
         self.dist.barrier()  # every rank's pushes of the epoch are in the tables before rank 0 evaluates

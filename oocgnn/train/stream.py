@@ -13,11 +13,11 @@ the results are bitwise identical (``tests/test_stream_inference.py``).
 How much room (:func:`stream_room`), conservatively: at most
 :data:`STREAM_MAX_SHARE` of ``--memory-budget``, and never more than the budget
 minus: the mapped-page window; the process's anonymous memory *now*, or the plan's
-baseline plus its persistent parts (staging ring, row caches, Belady stream) when
-those are not resident yet, whichever is larger (the heap is trimmed first); the plan's
+baseline plus its persistent parts (staging ring, row caches, Belady stream) and what
+inference allocates beyond the plan (its predictions, 4 bytes per node) when those are
+not resident yet, whichever is larger (the heap is trimmed first); and the plan's
 per-batch working set (subgraphs, write-behind, runtime reserve, engine buffer, and one
-layer's forward activations: a sweep keeps no autograd state) again; and what inference
-allocates beyond the plan (its predictions, 8 bytes per node), again.  A table that does
+layer's forward activations: a sweep keeps no autograd state) again.  A table that does
 not fit is gathered batch by batch through the training row caches, with read-ahead
 (:func:`oocgnn.train.evaluate._sweep_cache`).
 
@@ -76,11 +76,12 @@ def stream_room(trainer: Any, without_caches: bool = False) -> int:
     transient = int(plan["planned_peak_anon_bytes"]) - baseline - ring
     if "sweep_activation_bytes" in plan:
         transient += int(plan["sweep_activation_bytes"]) - int(plan["activation_bytes"])
-    # what inference adds beyond the plan: its predictions (8 B/row; scratch tables keep no last-push steps)
-    extra = 8 * int(trainer.ds.num_nodes)
+    # what inference adds beyond the plan: its predictions (int32; scratch tables keep no last-push steps),
+    # already allocated (so in RssAnon) when a sweep asks
+    extra = 4 * int(trainer.ds.num_nodes)
     # freeing held caches gives back at least their row buffers (the access stream too, not counted)
     anon = current_anon_rss() - (int(plan.get("cache_bytes", 0)) if without_caches and held_now else 0)
-    reserved = int(plan["mapped_window_bytes"]) + transient + extra + max(anon, baseline + persistent)
+    reserved = int(plan["mapped_window_bytes"]) + transient + max(anon, baseline + persistent + extra)
     return max(0, min(int(budget * STREAM_MAX_SHARE), budget - reserved))
 
 

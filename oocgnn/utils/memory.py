@@ -7,6 +7,7 @@ actually available, and track the peak resident set size we report per stage.
 from __future__ import annotations
 
 import ctypes
+import gc
 import re
 import resource
 import threading
@@ -95,8 +96,10 @@ def trim_heap() -> None:
     numpy arrays below glibc's mmap threshold (up to 32 MiB) come from malloc arenas,
     which keep freed chunks: after a sweep's batches (subgraph arrays of tens of MB each,
     on two threads) RssAnon stayed ~1 GB above what was live, and the streaming decision,
-    which measures RssAnon, refused a table that fits.
+    which measures RssAnon, refused a table that fits.  Reference cycles go first
+    (``gc.collect``): freed row caches were still held by one after an epoch.
     """
+    gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from oocgnn.errors import ConfigError, ReadError
-from oocgnn.io import RowFile, gather_rows, reset_fallback_warnings, rowfile_for
+from oocgnn.io import RowFile, aligned_empty, gather_rows, reset_fallback_warnings, rowfile_for
 from oocgnn.io import rowfile as rowfile_mod
 
 SHAPES = [(1433, np.float32), (100, np.float32), (64, np.float16), (1024, np.float32)]
@@ -189,6 +189,43 @@ def test_truncated_file_gives_one_error_naming_it(tmp_path, engine) -> None:
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("engine", ["direct", "direct-threads", "pread", "mmap"])
+@pytest.mark.parametrize("width,dtype", [(1, np.int32), (1, np.int64), (100, np.float32), (64, np.float16)])
+def test_range_reads_equal_numpy_bitwise(tmp_path, engine, width, dtype) -> None:
+    """read_range (a batch's CSR slices): any start and length, page-spanning ends, runs longer than one request."""
+    n = 40_000
+    ref = write_table(tmp_path / "t.npy", n, width, dtype) if dtype in (np.float32, np.float16) else None
+    if ref is None:
+        ref = np.random.default_rng(2).integers(-2**30, 2**30, (n, width)).astype(dtype)
+        np.save(tmp_path / "t.npy", ref)
+    mm = np.load(tmp_path / "t.npy", mmap_mode="r")
+    kind, _, transport = engine.partition("-")
+    f = rowfile_for(mm, kind, queue_depth=8, transport=transport or "auto") if kind != "mmap" else \
+        RowFile(mm.filename, mm.offset, width * np.dtype(dtype).itemsize, n, "mmap")
+    with f:
+        rng = np.random.default_rng(3)
+        spans = [(0, n), (0, 1), (n - 1, n), (5, 5), (17, 4113)] + \
+            [tuple(sorted(rng.integers(0, n + 1, 2))) for _ in range(30)]
+        for s, e in spans:
+            buf = aligned_empty(f.range_bytes(s, e) + 4096)
+            got = f.read_range(int(s), int(e), buf)
+            assert got.shape == (e - s, f.row_bytes) and got.tobytes() == ref[s:e].tobytes(), (s, e)
+        with pytest.raises(ReadError, match=f"outside {mm.filename}"):
+            f.read_range(n - 2, n + 1, aligned_empty(f.range_bytes(n - 2, n + 1)))
+        with pytest.raises(ValueError, match="page-aligned buffer"):
+            f.read_range(0, 100, aligned_empty(4096)[1:])
+
+
+def test_truncated_file_range_read_gives_one_error_naming_it(tmp_path) -> None:
+    p = tmp_path / "t.npy"
+    write_table(p, 1000, 100, np.float32)
+    f = rowfile_for(np.load(p, mmap_mode="r"), "auto")
+    os.truncate(p, 128 + 500 * 400 + 10)
+    with pytest.raises(ReadError, match=f"short read of {p}") as err:
+        f.read_range(300, 900, aligned_empty(f.range_bytes(300, 900)))
+    assert "\n" not in str(err.value)
+
+
 def test_id_past_the_end_gives_one_error_naming_the_file(tmp_path) -> None:
     p = tmp_path / "t.npy"
     write_table(p, 10, 100, np.float32)
@@ -202,6 +239,8 @@ def test_eio_gives_one_error_naming_the_file() -> None:
     f = RowFile("/proc/self/mem", 0, 64, 1 << 20, "pread")
     with pytest.raises(ReadError, match=r"reading /proc/self/mem failed at offset 0: .*\(EIO\)"):
         gather_rows(f, np.array([1, 2]), np.empty((2, 64), np.uint8))
+    with pytest.raises(ReadError, match=r"reading /proc/self/mem failed at offset 0: .*\(EIO\)"):
+        f.read_range(0, 100, aligned_empty(f.range_bytes(0, 100)))
 
 
 def test_unknown_engine_is_a_config_error(tmp_path) -> None:

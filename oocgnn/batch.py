@@ -41,6 +41,8 @@ class SubgraphBatch:
             rows ``[H, hidden]`` float32 for the halo, no grad; filled by the trainer.
         hist_age: per history layer, [H] int64 optimizer steps since each halo row
             was last pushed (-1 = never written); for staleness-aware models.
+        adj_t_T: [B+H, B] sparse CSR, the transpose of ``adj_t`` (training batches of
+            models with ``uses_adj_transpose``), else None.
     """
 
     n_id: np.ndarray
@@ -54,6 +56,7 @@ class SubgraphBatch:
     train_mask: torch.Tensor
     halo_hist: list[torch.Tensor] = field(default_factory=list)
     hist_age: list[torch.Tensor] = field(default_factory=list)
+    adj_t_T: torch.Tensor | None = None
 
     @property
     def num_halo(self) -> int:

@@ -36,9 +36,9 @@ from oocgnn.read_ahead import attach_read_ahead
 
 log = logging.getLogger(__name__)
 
-def make_policy(capacity: int, kind: str) -> Policy | LRUPolicy:
+def make_policy(capacity: int, kind: str, num_nodes: int | None = None) -> Policy | LRUPolicy:
     """The policy object of ``kind`` (``belady`` or ``lru``)."""
-    return LRUPolicy(capacity) if kind == "lru" else Policy(capacity, kind)
+    return LRUPolicy(capacity, num_nodes) if kind == "lru" else Policy(capacity, kind)
 
 
 class FeatureCache:
@@ -50,11 +50,12 @@ class FeatureCache:
     """
 
     def __init__(self, capacity: int, width: int, row_bytes: int, policy: str = "belady",
-                 shadow: bool = True) -> None:
+                 shadow: bool = True, num_nodes: int | None = None) -> None:
         if policy == "belady" and not shadow:
             raise ValueError("a Belady cache needs the access stream; shadow=False is for LRU")
         self.capacity, self.width, self.row_bytes, self.kind = int(capacity), width, row_bytes, policy
         self.with_shadow = shadow
+        self.num_nodes = num_nodes  #: bound of the LRU id map (None: grown by doubling)
         self.buf = torch.empty(self.capacity, width, dtype=torch.float32)
         self.last_misses = 0  #: rows the last gather read from disk (its misses and any rows read ahead)
         self.clock = 0  #: batches seen over the whole run (LRU recency survives epochs)
@@ -63,8 +64,8 @@ class FeatureCache:
         self._reset()
 
     def _reset(self) -> None:
-        self.policy = make_policy(self.capacity, self.kind)
-        self.shadow = make_policy(self.capacity, "lru" if self.kind == "belady" else "belady") \
+        self.policy = make_policy(self.capacity, self.kind, self.num_nodes)
+        self.shadow = make_policy(self.capacity, "lru" if self.kind == "belady" else "belady", self.num_nodes) \
             if self.with_shadow else None
 
     @property
@@ -193,8 +194,8 @@ class HistoryCache(FeatureCache):
     """
 
     def __init__(self, capacity: int, width: int, row_bytes: int, policy: str = "belady",
-                 shadow: bool = True) -> None:
-        super().__init__(capacity, width, row_bytes, policy, shadow)
+                 shadow: bool = True, num_nodes: int | None = None) -> None:
+        super().__init__(capacity, width, row_bytes, policy, shadow, num_nodes)
         self.lock = threading.Lock()
         self.updated_rows = 0  #: cached rows overwritten by landed pushes (run total)
 
@@ -306,11 +307,13 @@ def attach_feature_cache(trainer: Any) -> None:
         return
     policy = plan.get("cache_policy", cfg.cache) if plan is not None else cfg.cache
     shadow = plan.get("cache_shadow", True) if plan is not None else True
-    trainer.cache = FeatureCache(capacity, width, row_bytes, policy, shadow)
+    n = trainer.ds.num_nodes
+    trainer.cache = FeatureCache(capacity, width, row_bytes, policy, shadow, num_nodes=n)
     log.info("feature cache: %d rows (%s eviction%s)", capacity, policy,
              ", LRU/Belady shadow for comparison" if shadow else "; no access stream, so no Belady comparison")
     if hist_widths:
-        trainer.hist_caches = [HistoryCache(capacity, t.channels, t.row_bytes, policy, shadow) for t in tables]
+        trainer.hist_caches = [HistoryCache(capacity, t.channels, t.row_bytes, policy, shadow, num_nodes=n)
+                               for t in tables]
         hs.caches = list(trainer.hist_caches)
         log.info("history caches: %d rows x %d tables, coherent with pushes", capacity, len(tables))
 

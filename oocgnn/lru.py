@@ -31,8 +31,10 @@ class LRUPolicy:
     #: bytes per node id the direct map may grow to (the memory plan charges it per cache)
     BYTES_PER_NODE = 4
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, num_nodes: int | None = None) -> None:
         self.capacity, self.kind = int(capacity), "lru"
+        #: ids are below this (the map never grows past it); None: unknown, the map doubles as ids need
+        self.num_nodes = None if num_nodes is None else int(num_nodes)
         self.slot_of = np.full(0, -1, np.int32)             #: id -> slot, -1 = not cached
         self.id_of = np.full(self.capacity, -1, np.int64)   #: slot -> id, -1 = free
         self.last = np.full(self.capacity, -1, np.int64)    #: slot -> batch clock of its last use
@@ -49,7 +51,10 @@ class LRUPolicy:
 
     def _grow(self, n: int) -> None:
         if n > len(self.slot_of):
-            grown = np.full(max(n, 2 * len(self.slot_of)), -1, np.int32)
+            size = max(n, 2 * len(self.slot_of))
+            if self.num_nodes is not None:  # doubling past the last id wasted up to 4 B/node (380 MB at 50 M)
+                size = min(size, max(n, self.num_nodes))
+            grown = np.full(size, -1, np.int32)
             grown[: len(self.slot_of)] = self.slot_of
             self.slot_of = grown
 

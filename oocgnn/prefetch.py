@@ -120,14 +120,17 @@ class BatchLoader:
     pulls (training) or ``[]`` (evaluation).  ``io_engine`` chooses how random rows
     of file-backed sources are read (``--io-engine``; RAM arrays are always indexed).
     ``subgraphs``: the trainer's builder (kept across epochs and sweeps: 8 bytes per
-    node); without one the loader makes its own.
+    node); without one the loader makes its own.  ``transpose``: also build each batch's
+    transposed adjacency (training batches of models with ``uses_adj_transpose``).
     """
 
     def __init__(self, indptr: np.ndarray, indices: np.ndarray, x_source: np.ndarray | HistoryTable,
                  histories: HistorySet | None, hist_tables: list[int], pool: ThreadPoolExecutor | None,
                  io_threads: int = 1, cache: object | None = None, hist_caches: list | None = None,
-                 io_engine: str = "auto", subgraphs: SubgraphBuilder | None = None) -> None:
+                 io_engine: str = "auto", subgraphs: SubgraphBuilder | None = None,
+                 transpose: bool = False) -> None:
         self.indptr, self.indices = indptr, indices
+        self.transpose = transpose
         self.subgraphs = subgraphs if subgraphs is not None else SubgraphBuilder(indptr, indices, io_engine)
         #: per-table HistoryCache (or None), indexed by table; only for loaders whose plan the caches know
         self.hist_caches = hist_caches
@@ -213,6 +216,8 @@ class BatchLoader:
 
     def load(self, ranges: Ranges, slot: Slot) -> Prepared:
         sub = self.subgraphs(ranges)
+        if self.transpose:
+            sub.transpose()
         B, n = sub.batch_size, len(sub.n_id)
         st = IOStats(batch_rows=B, halo_rows=n - B, batches=1)
         st.csr_bytes = (B + len(ranges)) * 8 + (int(sub.crow[-1]) - B) * self.indices.dtype.itemsize + (n - B) * 16
@@ -352,6 +357,9 @@ class Prefetcher:
                    train_mask=torch.from_numpy(self.train_mask[rows]))
         if self.with_edge_index:
             cpu["edge_index"] = torch.from_numpy(sub.edge_index)
+        adj_T = sub.adj_t_transposed()
+        if adj_T is not None:
+            cpu["adj_t_T"] = adj_T
         hist = list(prep.hist)
         step = self.step_fn()
         ages = [torch.from_numpy(self.loader.histories.age(t, sub.n_id[B:], step)) for t in self.loader.hist_tables] \

@@ -38,6 +38,9 @@ Ranges = list[tuple[int, int]]
 #: used to size the memory plan
 BUILD_BYTES_PER_EDGE = 32
 KEPT_BYTES_PER_EDGE = 8
+#: and by its transpose (:meth:`SubgraphStructure.transpose`), per edge and per row (B+H)
+TRANSPOSE_BYTES_PER_EDGE = 8
+TRANSPOSE_BYTES_PER_ROW = 8
 #: bytes per node a builder keeps (degrees and the node -> local id map, int32 each)
 BUILDER_BYTES_PER_NODE = 8
 #: bytes per CSR entry of a batch a :class:`CSRReader` keeps between reads (its grown
@@ -61,6 +64,10 @@ class SubgraphStructure:
     col: np.ndarray           #: [nnz+B] int32/int64 local column ids (same dtype as crow)
     weight: np.ndarray        #: [nnz+B] float32 GCN weights from global degrees
     deg: np.ndarray           #: [B] float32 degree without self-loop
+    #: the transpose of adj_t ([B+H, B] CSR, same dtypes) once :meth:`transpose` ran, else None
+    t_crow: np.ndarray | None = None
+    t_col: np.ndarray | None = None
+    t_weight: np.ndarray | None = None
 
     @property
     def num_halo(self) -> int:
@@ -76,6 +83,26 @@ class SubgraphStructure:
         out[0] = self.col[edge]
         out[1] = np.repeat(np.arange(B, dtype=np.int64), np.diff(self.crow) - 1)
         return out
+
+    def transpose(self) -> None:
+        """Build the transpose of ``adj_t`` (rows of each column in row order): the backward of a
+        propagation (:mod:`oocgnn.models.propagate`) then needs no sort on the training thread."""
+        n = len(self.n_id)
+        self.t_crow = np.zeros(n + 1, dtype=self.crow.dtype)
+        self.t_col = np.empty(len(self.col), dtype=self.col.dtype)
+        self.t_weight = np.empty(len(self.col), dtype=np.float32)
+        _transpose_csr(self.crow, self.col, self.weight, self.t_crow, self.t_col, self.t_weight)
+
+    def adj_t_transposed(self) -> torch.Tensor | None:
+        """``adj_t`` transposed ([B+H, B] sparse CSR), or None before :meth:`transpose`."""
+        if self.t_crow is None:
+            return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.sparse_csr_tensor(
+                torch.from_numpy(self.t_crow), torch.from_numpy(self.t_col), torch.from_numpy(self.t_weight),
+                size=(len(self.n_id), self.batch_size), check_invariants=False,
+            )
 
     def adj_t(self) -> torch.Tensor:
         n = len(self.n_id)
@@ -188,6 +215,24 @@ def _fill_csr(crow: np.ndarray, local: np.ndarray, dinv: np.ndarray, col: np.nda
             col[j] = c
             weight[j] = dinv[i] * dinv[c]
             k += 1
+
+
+@njit(nogil=True, cache=True)
+def _transpose_csr(crow: np.ndarray, col: np.ndarray, weight: np.ndarray, t_crow: np.ndarray, t_col: np.ndarray,
+                   t_weight: np.ndarray) -> None:
+    """Counting sort of the entries by column (``t_crow`` zeroed on entry); stable, so rows stay in order."""
+    for k in range(len(col)):
+        t_crow[col[k] + 1] += 1
+    for j in range(1, len(t_crow)):
+        t_crow[j] += t_crow[j - 1]
+    pos = t_crow[:-1].copy()
+    for i in range(len(crow) - 1):
+        for k in range(crow[i], crow[i + 1]):
+            c = col[k]
+            p = pos[c]
+            t_col[p] = i
+            t_weight[p] = weight[k]
+            pos[c] = p + 1
 
 
 # ------------------------------------------------------------------------ halos

@@ -109,3 +109,26 @@ def test_builder_reads_csr_files_and_reuses_its_map_across_batches(tmp_path, eng
             a, b = getattr(got, name), getattr(ref, name)
             assert a.dtype == b.dtype and np.array_equal(a, b), name
     builder.close()
+
+
+def test_transposed_adjacency_gives_torchs_gradient_bitwise() -> None:
+    """The prefetcher's transpose of adj_t is adj_t^T, and propagating with it gives torch's own gradient, bitwise."""
+    import torch
+
+    from oocgnn.models.propagate import propagate
+
+    indptr, indices, _ = _csr(3000, 30000, seed=2)
+    for ranges in ([(0, 3000)], [(100, 900), (2000, 2600)], [(5, 6)]):
+        sub = build_subgraph(indptr, indices, ranges)
+        assert sub.adj_t_transposed() is None
+        sub.transpose()
+        adj, adj_T = sub.adj_t(), sub.adj_t_transposed()
+        assert adj_T.crow_indices().dtype == adj.crow_indices().dtype
+        assert torch.equal(adj_T.to_dense(), adj.to_dense().t())
+        x = torch.randn(len(sub.n_id), 8, requires_grad=True)
+        g = torch.randn(sub.batch_size, 8)
+        torch.sparse.mm(adj, x).backward(g)
+        ref, x.grad = x.grad.clone(), None
+        out = propagate(adj, x, adj_T)
+        out.backward(g)
+        assert torch.equal(out, torch.sparse.mm(adj, x.detach())) and torch.equal(x.grad, ref)

@@ -121,3 +121,17 @@ def test_lru_policy_matches_a_reference_lru_and_keeps_its_maps_consistent(capaci
         assert m.all() and np.array_equal(s, new_slots)
     assert lru._queued <= 3 * capacity + 300  # stale queue entries are compacted
 
+
+
+def test_lru_id_map_never_grows_past_the_graph() -> None:
+    """Doubling the id -> slot map past the last node id wasted up to 4 bytes per node per cache."""
+    lru = LRUPolicy(8, num_nodes=1000)
+    lru.step(np.array([3, 600]), None, 0)
+    lru.step(np.array([999]), None, 1)  # doubling 601 would give 1202
+    assert len(lru.slot_of) == 1000
+    hit, _ = lru.cached_slots(np.array([3, 600, 999]))
+    assert hit.all()
+    free = LRUPolicy(8)  # unbounded: grows by doubling
+    free.step(np.array([600]), None, 0)
+    free.step(np.array([700]), None, 1)
+    assert len(free.slot_of) == 1202

@@ -121,6 +121,27 @@ def test_disk_histories_equal_memory_histories(store, tmp_path, dtype) -> None:
     assert (tmp_path / "run" / "histories" / "layer_0.npy").exists()
 
 
+@pytest.mark.parametrize("model", ["gcn", "gcnii"])
+def test_transposed_adjacency_trains_bitwise_like_torchs_backward(store, monkeypatch, model) -> None:
+    """Training batches carry adj_t transposed for the backward (oocgnn.models.propagate): same run, bit for bit."""
+    from oocgnn.models.gcn import GCN
+    from oocgnn.models.gcnii import GCNII
+
+    out = []
+    for transpose in (True, False):
+        monkeypatch.setattr(GCN, "uses_adj_transpose", transpose)
+        monkeypatch.setattr(GCNII, "uses_adj_transpose", transpose)
+        cfg = cfg_for(layers=3, dropout=0.5, epochs=2)
+        cfg.model.name = model
+        tr = Trainer(store, cfg, None)
+        assert tr.model.uses_adj_transpose == transpose
+        fit(tr)
+        tr.close()
+        out.append((_params(tr), tr.histories.tables[0].array.copy()))
+    assert all(torch.equal(a, b) for a, b in zip(out[0][0], out[1][0]))
+    assert np.array_equal(out[0][1], out[1][1])
+
+
 def test_no_eval_refresh_leaves_training_histories(store, tmp_path) -> None:
     tr = Trainer(store, cfg_for(layers=3, dropout=0.5, epochs=1), tmp_path)
     tr.train_epoch()

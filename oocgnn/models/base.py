@@ -70,6 +70,9 @@ class GASModel(torch.nn.Module):
     needs_features_every_layer: bool = False
     #: the layers read ``batch.edge_index`` (16 bytes per edge, built per batch only when True)
     uses_edge_index: bool = False
+    #: the layers propagate with ``batch.adj_t`` and take its transpose for the backward
+    #: (:mod:`oocgnn.models.propagate`; 8 bytes per edge, built by the prefetcher only when True)
+    uses_adj_transpose: bool = False
 
     def __init__(self, in_channels: int, hidden_channels: int, out_channels: int,
                  num_layers: int, dropout: float = 0.5, batch_norm: bool = False,

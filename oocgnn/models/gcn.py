@@ -15,9 +15,10 @@ from torch_geometric.nn import GCNConv
 
 from oocgnn.batch import SubgraphBatch
 from oocgnn.models.base import GASModel, State
+from oocgnn.models.propagate import propagate
 
 
-def linear_then_propagate(adj: Tensor, x: Tensor, lin: torch.nn.Module) -> Tensor:
+def linear_then_propagate(adj: Tensor, x: Tensor, lin: torch.nn.Module, adj_T: Tensor | None = None) -> Tensor:
     """``adj @ lin(x)`` computed in the cheaper order (lin is linear, bias-free).
 
     Propagating first is cheaper unless the layer grows the width: the product then
@@ -25,12 +26,14 @@ def linear_then_propagate(adj: Tensor, x: Tensor, lin: torch.nn.Module) -> Tenso
     the billion-edge store); both are the same function.
     """
     if lin.in_channels >= lin.out_channels:
-        return lin(torch.sparse.mm(adj, x))
-    return torch.sparse.mm(adj, lin(x))
+        return lin(propagate(adj, x, adj_T))
+    return propagate(adj, lin(x), adj_T)
 
 
 class GCN(GASModel):
     """``num_layers`` GCN convolutions; hidden layers: conv -> [BN] -> [+x] -> ReLU."""
+
+    uses_adj_transpose = True
 
     def __init__(self, in_channels: int, hidden_channels: int, out_channels: int,
                  num_layers: int, dropout: float = 0.5, batch_norm: bool = False,
@@ -52,7 +55,8 @@ class GCN(GASModel):
 
     def _layer(self, layer: int, x: Tensor, batch: SubgraphBatch, state: State) -> Tensor:
         conv = self.convs[layer]
-        h = linear_then_propagate(self.adjacency(layer, batch), x, conv.lin)
+        adj = self.adjacency(layer, batch)
+        h = linear_then_propagate(adj, x, conv.lin, batch.adj_t_T if adj is batch.adj_t else None)
         if conv.bias is not None:
             h = h + conv.bias
         if layer == self.num_layers - 1:

@@ -16,12 +16,14 @@ from torch_geometric.nn import GCN2Conv
 
 from oocgnn.batch import SubgraphBatch
 from oocgnn.models.base import GASModel, State
+from oocgnn.models.propagate import propagate
 
 
 class GCNII(GASModel):
     """GCNII with ``alpha`` (initial residual) and ``theta`` (identity-mapping decay)."""
 
     needs_features_every_layer = True
+    uses_adj_transpose = True
 
     def __init__(self, in_channels: int, hidden_channels: int, out_channels: int,
                  num_layers: int, dropout: float = 0.5, batch_norm: bool = False,
@@ -52,7 +54,8 @@ class GCNII(GASModel):
 
     def _layer(self, layer: int, x: Tensor, batch: SubgraphBatch, state: State) -> Tensor:
         conv = self.convs[layer]
-        h = torch.sparse.mm(self.adjacency(layer, batch), x) * (1.0 - conv.alpha)
+        adj = self.adjacency(layer, batch)
+        h = propagate(adj, x, batch.adj_t_T if adj is batch.adj_t else None) * (1.0 - conv.alpha)
         x0 = conv.alpha * state["x_0"]
         beta = float(conv.beta)  # log(theta / layer + 1), set by GCN2Conv
         if conv.weight2 is None:

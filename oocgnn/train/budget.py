@@ -9,7 +9,7 @@ from the process baseline measured when the trainer is built::
 
     baseline                         interpreter, torch, labels, last-push steps, ...
   + (depth + 1) x staging slot       ring (x rows + halo history rows)
-  + (depth + 1) x kept subgraph      CSR of batches waiting in the ring
+  + (depth + 1) x kept subgraph      CSR of batches waiting in the ring (and its transpose, GCN/GCNII)
   + one subgraph build               build_subgraph temporaries (prefetch thread)
   + activations of one step          autograd state of forward + backward
   + write-behind pushes              up to ``max_pending + 1`` batches of pushed rows
@@ -37,7 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from oocgnn.subgraph import BUILD_BYTES_PER_EDGE, KEPT_BYTES_PER_EDGE, HaloFinder, READER_BYTES_PER_EDGE
+from oocgnn.subgraph import (BUILD_BYTES_PER_EDGE, KEPT_BYTES_PER_EDGE, READER_BYTES_PER_EDGE, TRANSPOSE_BYTES_PER_EDGE,
+                             TRANSPOSE_BYTES_PER_ROW, HaloFinder)
 from oocgnn.errors import ConfigError
 from oocgnn.lru import LRUPolicy
 from oocgnn.read_ahead import READ_AHEAD_BATCHES
@@ -101,7 +102,10 @@ def plan_memory(trainer: Any, halo_sizes: np.ndarray, per_slot: int) -> dict[str
     baseline = current_anon_rss()
     rows, width = trainer.max_rows, max([trainer.ds.num_features, *trainer.model.history_channels])
     edges = batch_edges_bound(trainer.indptr, trainer.partition_ptr, cfg.train.parts_per_batch) + rows
-    kept = KEPT_BYTES_PER_EDGE * edges + 8 * rows
+    # training batches carry adj_t transposed (GCN, GCNII); sweep batches do not
+    transposed = TRANSPOSE_BYTES_PER_EDGE * edges + TRANSPOSE_BYTES_PER_ROW * rows \
+        if getattr(trainer.model, "uses_adj_transpose", False) else 0
+    kept = KEPT_BYTES_PER_EDGE * edges + 8 * rows + transposed
     build = BUILD_BYTES_PER_EDGE * edges
     layers = trainer.cfg.model.layers
     act = (ACT_TENSORS_PER_LAYER * layers + 1) * rows * width * 4 + ACT_BYTES_PER_EDGE * edges
@@ -145,6 +149,7 @@ def plan_memory(trainer: Any, halo_sizes: np.ndarray, per_slot: int) -> dict[str
             "activation_bytes": act, "writebehind_and_runtime_bytes": pushes, "belady_bytes": belady, "cache_room_bytes": max(0, left - belady),
             "cache_policy": policy, "cache_shadow": with_stream,
             "planned_peak_anon_bytes": baseline + need(depth), "batch_edges": edges,
+            "transpose_bytes": (depth + 1) * transposed,
             # a layer-wise sweep: one layer, forward only (its output and the propagated input)
             "sweep_activation_bytes": 2 * rows * width * 4}
 

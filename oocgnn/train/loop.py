@@ -305,7 +305,8 @@ class Trainer:
         actions = self.policy.plan_epoch(self)
         loader = BatchLoader(self.indptr, self.indices, self.features, self.histories,
                              list(range(len(self.histories))), self.pool, self.cfg.io.io_threads, self.cache,
-                             self.hist_caches, io_engine=self.cfg.io.io_engine, subgraphs=self.subgraphs)
+                             self.hist_caches, io_engine=self.cfg.io.io_engine, subgraphs=self.subgraphs,
+                             transpose=self.model.uses_adj_transpose)
         begin_epoch_caches(self, [a.ranges for a in actions])
         written0 = self.histories.bytes_written
         pf = self.prefetcher([a.ranges for a in actions], loader)

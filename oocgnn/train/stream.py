@@ -76,6 +76,7 @@ def stream_room(trainer: Any, without_caches: bool = False) -> int:
     transient = int(plan["planned_peak_anon_bytes"]) - baseline - ring
     if "sweep_activation_bytes" in plan:
         transient += int(plan["sweep_activation_bytes"]) - int(plan["activation_bytes"])
+    transient -= int(plan.get("transpose_bytes", 0))  # sweep batches carry no transposed adjacency
     # what inference adds beyond the plan: its predictions (int32; scratch tables keep no last-push steps),
     # already allocated (so in RssAnon) when a sweep asks
     extra = 4 * int(trainer.ds.num_nodes)
@@ -104,6 +105,7 @@ def choose(trainer: Any, array: np.ndarray, mode: str) -> tuple[bool, str]:
         return True, f"fits the {format_size(room)} the memory plan leaves"
     if row_caches(trainer) and array.nbytes <= stream_room(trainer, without_caches=True):
         freed = release_row_caches(trainer)
+        trim_heap()  # what the caches held goes back now (a cycle could hold it until the next collection)
         room = stream_room(trainer)
         if array.nbytes <= room:
             return True, (f"fits the {format_size(room)} the memory plan leaves once the row caches ({format_size(freed)}) "

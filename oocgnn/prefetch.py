@@ -87,12 +87,30 @@ class IOStats:
 
 
 class Slot:
-    """One staging buffer set: input rows, and halo rows for each history table."""
+    """One staging buffer set: input rows, and halo rows for each history table.
+
+    A layer-wise sweep reads no halo history rows, so :meth:`release_hist` frees those
+    buffers for it (0.64 GB of the ring at 50 M nodes: room a streamed table needs);
+    the next training batch allocates them again (:meth:`ensure_hist`).
+    """
 
     def __init__(self, max_rows: int, max_halo: int, width: int, hist_channels: list[int], pin: bool) -> None:
         self.flat = torch.empty(max_rows * width, dtype=torch.float32, pin_memory=pin)
-        self.hist = [torch.empty(max_halo, c, dtype=torch.float32, pin_memory=pin) for c in hist_channels]
-        self.max_rows, self.width = max_rows, width
+        self.max_rows, self.width, self.max_halo, self.pin = max_rows, width, max_halo, pin
+        self.hist_channels = list(hist_channels)
+        self.hist: list[torch.Tensor] = []
+        self.ensure_hist()
+
+    def ensure_hist(self) -> None:
+        """Allocate the halo history buffers if :meth:`release_hist` freed them."""
+        if len(self.hist) != len(self.hist_channels):
+            with torch.inference_mode(False):  # filled by a sweep's caller or a training step alike
+                self.hist = [torch.empty(self.max_halo, c, dtype=torch.float32, pin_memory=self.pin)
+                             for c in self.hist_channels]
+
+    def release_hist(self) -> None:
+        """Free the halo history buffers (the next :meth:`ensure_hist` allocates them again)."""
+        self.hist = []
 
     def x(self, rows: int, width: int) -> torch.Tensor:
         return self.flat[: rows * width].view(rows, width)
@@ -256,6 +274,8 @@ class BatchLoader:
     def _load_hist(self, halo: np.ndarray, slot: Slot, h_rows: int) -> tuple[list[torch.Tensor], int]:
         """Halo rows of every history table into ``slot`` (through its cache, if any); (views, bytes read)."""
         hist, nbytes = [], 0
+        if self.hist_tables:
+            slot.ensure_hist()
         for t in self.hist_tables:
             table = self.histories.tables[t]
             h = slot.hist[t][:h_rows]

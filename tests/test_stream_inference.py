@@ -104,9 +104,10 @@ def test_stream_room_respects_budget_and_plan(store, tmp_path) -> None:
         room = stream_room(tr)
         assert 0 < room <= int(tr.budget * STREAM_MAX_SHARE)
         assert room + current_anon_rss() + plan["mapped_window_bytes"] <= tr.budget
-        # a sweep's working set (the plan's, with one layer's forward activations) takes it all
+        # a sweep's working set (the plan's, with one layer's forward activations, and no transposed
+        # adjacency: sweep batches carry none) takes it all
         tr.budget = (plan["planned_peak_anon_bytes"] - plan["activation_bytes"] + plan["sweep_activation_bytes"]
-                     + plan["mapped_window_bytes"])
+                     - plan["transpose_bytes"] + plan["mapped_window_bytes"])
         assert stream_room(tr) == 0
     finally:
         tr.close()
@@ -150,8 +151,11 @@ def test_auto_frees_the_row_caches_to_stream_and_the_next_epoch_refills_them(tmp
             caches = [tr.cache, *tr.hist_caches]
             tr.train_epoch()
             assert all(c.policy.size > 0 for c in caches)  # filled by the epoch
+            ring = sum(s.nbytes for s in tr.slots)
             with caplog.at_level(logging.INFO, logger="oocgnn.train.stream"):
                 preds = layerwise_inference(tr, refresh=True)
+            # a sweep reads no halo history rows: the ring's history buffers are freed and not counted
+            assert all(s.hist == [] for s in tr.slots) and sum(s.nbytes for s in tr.slots) < ring
             if stream == "auto":
                 assert tr.inference_paths == ["stream"] * 3
                 assert "once the row caches" in caplog.text and all(c.released for c in caches)
@@ -160,6 +164,7 @@ def test_auto_frees_the_row_caches_to_stream_and_the_next_epoch_refills_them(tmp
                 assert tr.inference_paths == ["gather"] * 3 and not any(c.released for c in caches)
             rec = tr.train_epoch()  # allocates the buffers again
             assert not any(c.released for c in caches) and all(c.policy.size > 0 for c in caches)
+            assert sum(s.nbytes for s in tr.slots) == ring
             out[stream] = (preds, rec["loss"], [p.detach().clone() for p in tr.model.parameters()],
                            [np.asarray(t.array).copy() for t in tr.histories.tables])
         finally:

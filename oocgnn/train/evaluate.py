@@ -97,6 +97,8 @@ def layerwise_inference(trainer: Any, refresh: bool = True, logits_out: torch.Te
     model = trainer.model
     model.eval()
     trainer.histories.flush()
+    for slot in getattr(trainer, "slots", []):
+        slot.release_hist()  # a sweep reads no halo history rows; the next training batch allocates them
     target = trainer.histories if refresh else _scratch(trainer)
     mode = stream if stream is not None else getattr(trainer.cfg.io, "stream_inference", "auto")
     plan = [group_ranges(trainer.partition_ptr, g)

@@ -66,6 +66,9 @@ def stream_room(trainer: Any, without_caches: bool = False) -> int:
     plan = trainer.memory_plan
     budget = int(trainer.budget)
     baseline, ring = int(plan["baseline_anon_bytes"]), int(plan["staging_ring_bytes"])
+    slots = getattr(trainer, "slots", None)
+    if slots:  # what the ring holds now (a sweep frees its halo history buffers: Slot.release_hist)
+        ring = min(ring, sum(s.nbytes for s in slots))
     caches = row_caches(trainer)
     held_now = bool(caches) and not all(c.released for c in caches)
     held = held_now and not without_caches

@@ -106,13 +106,15 @@ def choose(trainer: Any, array: np.ndarray, mode: str) -> tuple[bool, str]:
         return True, "--stream-inference on"
     if array.nbytes <= room:
         return True, f"fits the {format_size(room)} the memory plan leaves"
-    if row_caches(trainer) and array.nbytes <= stream_room(trainer, without_caches=True):
-        freed = release_row_caches(trainer)
-        trim_heap()  # what the caches held goes back now (a cycle could hold it until the next collection)
-        room = stream_room(trainer)
-        if array.nbytes <= room:
-            return True, (f"fits the {format_size(room)} the memory plan leaves once the row caches ({format_size(freed)}) "
-                          f"are freed; the next epoch refills them")
+    if row_caches(trainer):
+        trim_heap(collect=True)  # the estimate below starts from RssAnon: drop cyclic garbage from it first
+        if array.nbytes <= stream_room(trainer, without_caches=True):
+            freed = release_row_caches(trainer)
+            trim_heap(collect=True)  # what the caches held goes back now (a cycle held it until a collection)
+            room = stream_room(trainer)
+            if array.nbytes <= room:
+                return True, (f"fits the {format_size(room)} the memory plan leaves once the row caches "
+                              f"({format_size(freed)}) are freed; the next epoch refills them")
     return False, f"more than the {format_size(room)} the memory plan leaves"
 
 

@@ -90,16 +90,18 @@ def current_anon_rss() -> int:
     return mi.rss - getattr(mi, "shared", 0)
 
 
-def trim_heap() -> None:
+def trim_heap(collect: bool = False) -> None:
     """Give freed heap memory back to the kernel (glibc ``malloc_trim``; a no-op elsewhere).
 
     numpy arrays below glibc's mmap threshold (up to 32 MiB) come from malloc arenas,
     which keep freed chunks: after a sweep's batches (subgraph arrays of tens of MB each,
     on two threads) RssAnon stayed ~1 GB above what was live, and the streaming decision,
-    which measures RssAnon, refused a table that fits.  Reference cycles go first
-    (``gc.collect``): freed row caches were still held by one after an epoch.
+    which measures RssAnon, refused a table that fits.  ``collect``: reference cycles go
+    first (``gc.collect``, ~0.25 s in a process with torch loaded): freed row caches
+    were still held by one after an epoch.
     """
-    gc.collect()
+    if collect:
+        gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):

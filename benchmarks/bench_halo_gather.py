@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=3, help="halos gathered per configuration")
     args = ap.parse_args()
     from oocgnn.batching import epoch_plan, group_ranges
-    from oocgnn.subgraph import build_subgraph
+    from oocgnn.subgraph import SubgraphBuilder
     from oocgnn.io import rowfile_for
     from oocgnn.io.rowfile import MAX_GAP_PAGES
     from oocgnn.store.reader import open_dataset
@@ -41,9 +41,11 @@ def main() -> None:
     ptr = np.asarray(ds.partition_ptr, np.int64)
     plan = epoch_plan(len(ptr) - 1, args.parts_per_batch, 0, 0)[: args.batches]
     halos = []
+    build = SubgraphBuilder(ds.indptr, ds.indices)  # one builder: its degree array and id map are 8 B/node
     for g in plan:
-        sub = build_subgraph(ds.indptr, ds.indices, group_ranges(ptr, g))
+        sub = build(group_ranges(ptr, g))
         halos.append(sub.n_id[sub.batch_size:])
+    build.close()
     feats = ds.features
     rows = []
     for engine in ("direct", "pread"):

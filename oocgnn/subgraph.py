@@ -151,7 +151,7 @@ class SubgraphBuilder:
             B = int(offsets[-1])
             counts, cols = self.reader.slices(ranges)
             nnz = len(cols)
-            cid = np.int32 if max(B + nnz, nnz + B) < 2**31 - 1 else np.int64  # torch: crow and col share a dtype
+            cid = np.int32 if B + nnz < 2**31 - 1 else np.int64  # ids and entries; torch: crow and col share a dtype
             ids = np.empty(B + nnz, dtype=np.int64)
             local = np.empty(nnz, dtype=cid)
             n = _relabel(starts, ends, offsets, cols, self._local_of, ids, local)

@@ -127,16 +127,24 @@ def test_transposed_adjacency_trains_bitwise_like_torchs_backward(store, monkeyp
     from oocgnn.models.gcn import GCN
     from oocgnn.models.gcnii import GCNII
 
+    import oocgnn.models.propagate as propagate_mod
+
+    backward = propagate_mod._PropagateCSR.backward
+    calls: list[int] = []
+    monkeypatch.setattr(propagate_mod._PropagateCSR, "backward",
+                        staticmethod(lambda ctx, grad: (calls.append(1), backward(ctx, grad))[1]))
     out = []
     for transpose in (True, False):
         monkeypatch.setattr(GCN, "uses_adj_transpose", transpose)
         monkeypatch.setattr(GCNII, "uses_adj_transpose", transpose)
+        calls.clear()
         cfg = cfg_for(layers=3, dropout=0.5, epochs=2)
         cfg.model.name = model
         tr = Trainer(store, cfg, None)
         assert tr.model.uses_adj_transpose == transpose
         fit(tr)
         tr.close()
+        assert bool(calls) == transpose  # the transposed backward ran exactly when the batches carried it
         out.append((_params(tr), tr.histories.tables[0].array.copy()))
     assert all(torch.equal(a, b) for a, b in zip(out[0][0], out[1][0]))
     assert np.array_equal(out[0][1], out[1][1])

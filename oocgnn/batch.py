@@ -12,6 +12,7 @@ rows ``batch_size..`` are the halo (out-of-batch neighbours) in first-seen order
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -43,6 +44,10 @@ class SubgraphBatch:
             was last pushed (-1 = never written); for staleness-aware models.
         adj_t_T: [B+H, B] sparse CSR, the transpose of ``adj_t`` (training batches of
             models with ``uses_adj_transpose``), else None.
+        release_staging: ``release_staging(saved)`` hands the staging slot that ``x`` and
+            ``halo_hist`` live in back to the loader, unless one of the storage addresses in
+            ``saved`` (what autograd keeps for backward) is in it; True if it went back,
+            after which ``x`` and ``halo_hist`` must not be read.  None: not offered.
     """
 
     n_id: np.ndarray
@@ -57,6 +62,7 @@ class SubgraphBatch:
     halo_hist: list[torch.Tensor] = field(default_factory=list)
     hist_age: list[torch.Tensor] = field(default_factory=list)
     adj_t_T: torch.Tensor | None = None
+    release_staging: Callable[[set[int]], bool] | None = None
 
     @property
     def num_halo(self) -> int:

@@ -35,9 +35,11 @@ import numpy as np
 import torch
 
 from oocgnn.batch import SubgraphBatch
+from oocgnn.errors import OocgnnError
 from oocgnn.subgraph import Ranges, SubgraphBuilder, SubgraphStructure
 from oocgnn.history import HistorySet, HistoryTable
 from oocgnn.io import RowFile, is_mapped, rowfile_for
+from oocgnn.staging import Slot
 from oocgnn.utils.mapped import check_window
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,7 @@ class IOStats:
     patched_table: int = 0
     stale_rows: int = 0
     batches: int = 0
+    early_releases: int = 0  #: batches whose slot went back to the loader after their forward pass
 
     def add(self, other: "IOStats") -> None:
         for k in self.__dataclass_fields__:
@@ -84,40 +87,6 @@ class IOStats:
 
     def as_dict(self) -> dict[str, float]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-
-class Slot:
-    """One staging buffer set: input rows, and halo rows for each history table.
-
-    A layer-wise sweep reads no halo history rows, so :meth:`release_hist` frees those
-    buffers for it (0.64 GB of the ring at 50 M nodes: room a streamed table needs);
-    the next training batch allocates them again (:meth:`ensure_hist`).
-    """
-
-    def __init__(self, max_rows: int, max_halo: int, width: int, hist_channels: list[int], pin: bool) -> None:
-        self.flat = torch.empty(max_rows * width, dtype=torch.float32, pin_memory=pin)
-        self.max_rows, self.width, self.max_halo, self.pin = max_rows, width, max_halo, pin
-        self.hist_channels = list(hist_channels)
-        self.hist: list[torch.Tensor] = []
-        self.ensure_hist()
-
-    def ensure_hist(self) -> None:
-        """Allocate the halo history buffers if :meth:`release_hist` freed them."""
-        if len(self.hist) != len(self.hist_channels):
-            with torch.inference_mode(False):  # filled by a sweep's caller or a training step alike
-                self.hist = [torch.empty(self.max_halo, c, dtype=torch.float32, pin_memory=self.pin)
-                             for c in self.hist_channels]
-
-    def release_hist(self) -> None:
-        """Free the halo history buffers (the next :meth:`ensure_hist` allocates them again)."""
-        self.hist = []
-
-    def x(self, rows: int, width: int) -> torch.Tensor:
-        return self.flat[: rows * width].view(rows, width)
-
-    @property
-    def nbytes(self) -> int:
-        return self.flat.numel() * 4 + sum(h.numel() * 4 for h in self.hist)
 
 
 @dataclass
@@ -294,17 +263,25 @@ class Prefetcher:
     """Iterate a plan of batches, reading ``depth`` batches ahead (0 = synchronous).
 
     Yields :class:`SubgraphBatch` objects whose tensors live in ring slots: a batch
-    is valid until the next one is requested.  ``close()`` joins the coordinator;
-    a worker exception is re-raised in the iterating thread.  ``edge_index``: build
-    ``batch.edge_index`` (16 bytes per edge on the iterating thread; only models with
-    ``uses_edge_index`` read it), else it is None.
+    is valid until the next one is requested, or until the trainer hands its slot
+    back early (``early_release``, CPU only): ``batch.release_staging(saved)`` after
+    the forward pass returns the slot to the loader thread if no tensor autograd saved
+    for backward lives in it (``saved``: storage addresses), so the next batch is read
+    while backward, optimizer step and push run.  At ``depth`` 0 that is the only
+    overlap of reads with compute, and it costs no second slot.  ``close()`` joins
+    the coordinator; a worker exception is re-raised in the iterating thread.
+    ``edge_index``: build ``batch.edge_index`` (16 bytes per edge on the iterating
+    thread; only models with ``uses_edge_index`` read it), else it is None.
     """
 
     def __init__(self, loader: BatchLoader, plan: list[Ranges], slots: list[Slot], depth: int,
                  labels: np.ndarray, train_mask: np.ndarray, device: torch.device, staleness_bound: int = 0,
-                 step_fn=None, edge_index: bool = True) -> None:
+                 step_fn=None, edge_index: bool = True, early_release: bool = False) -> None:
         assert len(slots) >= depth + 1, "ring needs depth + 1 slots"
         self.loader, self.plan, self.slots, self.depth = loader, plan, slots, depth
+        #: slots go back to the loader after the forward pass when nothing saved for backward is in them
+        self.early_release = early_release and device.type == "cpu"
+        self._released: Slot | None = None  #: the current batch's slot, if it went back early
         self.labels, self.train_mask, self.device = labels, train_mask, device
         self.bound = staleness_bound
         self.with_edge_index = edge_index
@@ -335,12 +312,14 @@ class Prefetcher:
             self._ready.put(exc)
 
     def _next_prepared(self, i: int) -> Prepared:
-        if self.depth == 0:
+        if self.depth == 0 and not self.early_release:
             return self.loader.load(self.plan[i], self._free.get())
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="oocgnn-prefetch", daemon=True)
             self._thread.start()
         item = self._ready.get()
+        if isinstance(item, (OocgnnError, OSError)):
+            raise item  # a bad file or a full disk: the CLI says it in one line, as from the trainer's thread
         if isinstance(item, BaseException):
             raise RuntimeError("prefetch worker failed") from item
         return item
@@ -349,10 +328,11 @@ class Prefetcher:
         prev: Slot | None = None
         try:
             for i in range(len(self.plan)):
-                if prev is not None:
+                if prev is not None and prev is not self._released:
                     if self._event is not None:
                         self._event.synchronize()  # the device copy out of this slot is done
                     self._free.put(prev)
+                self._released = None
                 t0 = time.perf_counter()
                 prep = self._next_prepared(i)
                 st = prep.stats
@@ -393,20 +373,21 @@ class Prefetcher:
             torch.cuda.current_stream().wait_event(ev)
             self._event = ev
         cpu.setdefault("edge_index", None)
-        return SubgraphBatch(n_id=sub.n_id, batch_size=B, ranges=sub.ranges, halo_hist=hist, hist_age=ages, **cpu)
+        release = (lambda saved, slot=prep.slot: self._release(slot, saved)) if self.early_release else None
+        return SubgraphBatch(n_id=sub.n_id, batch_size=B, ranges=sub.ranges, halo_hist=hist, hist_age=ages,
+                             release_staging=release, **cpu)
+
+    def _release(self, slot: Slot, saved: set[int]) -> bool:
+        """Give ``slot`` to the loader now unless a tensor in ``saved`` (storage addresses) lives in it."""
+        if self._released is slot or slot.storages() & saved:
+            return False
+        self._released = slot
+        self.stats.early_releases += 1
+        self._free.put(slot)
+        return True
 
     def close(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-
-
-def ring_rows_bound(partition_ptr: np.ndarray, halo_sizes: np.ndarray, parts_per_batch: int) -> tuple[int, int]:
-    """(max rows, max halo) over *any* group of ``parts_per_batch`` partitions."""
-    sizes = np.diff(partition_ptr)
-    k = min(parts_per_batch, len(sizes))
-    rows = int(np.sort(sizes + halo_sizes)[::-1][:k].sum())
-    halo = int(np.sort(halo_sizes)[::-1][:k].sum())
-    n = int(partition_ptr[-1])
-    return min(rows, n), min(halo, n)

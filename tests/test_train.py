@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch_geometric.nn import GCNConv
 
 from oocgnn.subgraph import build_subgraph
-from oocgnn.prefetch import Slot
+from oocgnn.staging import Slot
 from oocgnn.testing.stores import make_store, random_graph
 from oocgnn.train.config import EvalConfig, IOConfig, ModelConfig, OptimConfig, RunConfig
 from oocgnn.train.evaluate import evaluate, layerwise_inference

@@ -9,7 +9,8 @@ from the process baseline measured when the trainer is built::
 
     baseline                         interpreter, torch, labels, last-push steps, ...
   + (depth + 1) x staging slot       ring (x rows + halo history rows)
-  + (depth + 1) x kept subgraph      CSR of batches waiting in the ring (and its transpose, GCN/GCNII)
+  + (depth + 1) x kept subgraph      CSR of batches waiting in the ring (and its transpose, GCN/GCNII),
+                                   one more when slots go back after the forward pass (early release)
   + one subgraph build               build_subgraph temporaries (prefetch thread)
   + activations of one step          autograd state of forward + backward
   + write-behind pushes              up to ``max_pending + 1`` batches of pushed rows
@@ -116,8 +117,12 @@ def plan_memory(trainer: Any, halo_sizes: np.ndarray, per_slot: int) -> dict[str
     push = sum(t.channels * t.array.dtype.itemsize for t in hs.tables) * batch_rows + 16 * batch_rows
     pushes = (hs._max_pending + 1) * push + RUNTIME_RESERVE + engine_bytes(trainer)
 
+    # a slot handed back after the forward pass (Trainer.early_release) is refilled while the batch it
+    # held still runs backward: one more batch CSR is alive than there are slots
+    early = kept if getattr(trainer, "early_release", False) else 0
+
     def need(depth: int) -> int:
-        return (depth + 1) * (per_slot + kept) + build + act + pushes
+        return (depth + 1) * (per_slot + kept) + early + build + act + pushes
 
     window = mapped_window(budget)
     room = budget - baseline - window
@@ -145,7 +150,7 @@ def plan_memory(trainer: Any, halo_sizes: np.ndarray, per_slot: int) -> dict[str
     belady = stream if with_stream else 0
     return {"budget_bytes": budget, "baseline_anon_bytes": baseline, "mapped_window_bytes": window,
             "prefetch_depth": depth,
-            "staging_ring_bytes": (depth + 1) * per_slot, "subgraph_bytes": (depth + 1) * kept + build,
+            "staging_ring_bytes": (depth + 1) * per_slot, "subgraph_bytes": (depth + 1) * kept + early + build,
             "activation_bytes": act, "writebehind_and_runtime_bytes": pushes, "belady_bytes": belady, "cache_room_bytes": max(0, left - belady),
             "cache_policy": policy, "cache_shadow": with_stream,
             "planned_peak_anon_bytes": baseline + need(depth), "batch_edges": edges,

@@ -38,7 +38,8 @@ from oocgnn.cache import begin_epoch_caches, caches_epoch_metrics, end_epoch_cac
 from oocgnn.errors import ConfigError
 from oocgnn.history import HistorySet
 from oocgnn.models import build_model
-from oocgnn.prefetch import BatchLoader, IOStats, Prefetcher, Slot, advise_random, ring_rows_bound
+from oocgnn.prefetch import BatchLoader, IOStats, Prefetcher, advise_random
+from oocgnn.staging import Slot, ring_rows_bound, saved_storages
 from oocgnn.subgraph import SubgraphBuilder, partition_halo_sizes
 from oocgnn.train.budget import mapped_window, plan_memory
 from oocgnn.train.config import RunConfig
@@ -191,7 +192,15 @@ class Trainer:
             depth = 0  # a read ahead would race other ranks' pushes
         return Prefetcher(loader, plan, self.slots, depth, self.labels, self.train_mask, self.device,
                           self.cfg.io.staleness_bound, step_fn=lambda: self.state.global_step,
-                          edge_index=self.model.uses_edge_index)
+                          edge_index=self.model.uses_edge_index, early_release=self.early_release)
+
+    @property
+    def early_release(self) -> bool:
+        """Read the next batch while this one runs backward (see :class:`Prefetcher`): one process, read-ahead on.
+
+        Several ranks keep the read-ahead depth that :meth:`peer_lag_bound` states.
+        """
+        return self.cfg.io.prefetch > 0 and not self.dist.active
 
     # --------------------------------------------------------------- training
     def train_step(self, batch: SubgraphBatch) -> float:
@@ -200,13 +209,17 @@ class Trainer:
         model.train()
         opt.zero_grad(set_to_none=True)
         policy.before_train(batch, self.state.global_step)
-        logits, pushes = model(batch)
         mask = batch.train_mask
         labelled = int(mask.sum())
         loss_value = float("nan")
+        with saved_storages() as saved:
+            logits, pushes = model(batch)
+            if labelled:
+                loss = F.cross_entropy(logits[mask], batch.y[mask])
+                extra = policy.extra_loss(logits, batch)
+        if batch.release_staging is not None:
+            batch.release_staging(saved)  # the loader reads the next batch during backward
         if labelled:
-            loss = F.cross_entropy(logits[mask], batch.y[mask])
-            extra = policy.extra_loss(logits, batch)
             (loss if extra is None else loss + extra).backward()
             policy.after_backward(batch, labelled)
             loss_value = float(loss.detach())

@@ -83,4 +83,4 @@ def read_path_record(stats: Any, elapsed: float, bytes_written: int) -> dict[str
         "bytes_written": bytes_written, "history_bytes_read": stats.history_bytes,
         "feature_bytes_read": stats.feature_bytes, "halo_rows": stats.halo_rows, "batch_rows": stats.batch_rows,
         "patched_from_pending": stats.patched_pending, "patched_from_table": stats.patched_table,
-        "stale_rows_read": stats.stale_rows}
+        "stale_rows_read": stats.stale_rows, "early_releases": stats.early_releases}

@@ -44,10 +44,12 @@ class SubgraphBatch:
             was last pushed (-1 = never written); for staleness-aware models.
         adj_t_T: [B+H, B] sparse CSR, the transpose of ``adj_t`` (training batches of
             models with ``uses_adj_transpose``), else None.
-        release_staging: ``release_staging(saved)`` hands the staging slot that ``x`` and
-            ``halo_hist`` live in back to the loader, unless one of the storage addresses in
-            ``saved`` (what autograd keeps for backward) is in it; True if it went back,
-            after which ``x`` and ``halo_hist`` must not be read.  None: not offered.
+        release_staging: ``release_staging(part, held)``, called inside
+            :func:`oocgnn.staging.saved_storages`, hands the staging buffers back to the
+            loader: ``"x"`` (after the input layer) those of ``x``, ``"all"`` (after the forward
+            pass) also those of ``halo_hist``, unless autograd saved for backward, or
+            ``held`` (tensors the pass still reads) holds, a tensor living in them.  True if
+            they went back, after which they must not be read.  None: not offered.
     """
 
     n_id: np.ndarray
@@ -62,7 +64,7 @@ class SubgraphBatch:
     halo_hist: list[torch.Tensor] = field(default_factory=list)
     hist_age: list[torch.Tensor] = field(default_factory=list)
     adj_t_T: torch.Tensor | None = None
-    release_staging: Callable[[set[int]], bool] | None = None
+    release_staging: Callable[[str, list], bool] | None = None
 
     @property
     def num_halo(self) -> int:

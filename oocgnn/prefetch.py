@@ -39,7 +39,7 @@ from oocgnn.errors import OocgnnError
 from oocgnn.subgraph import Ranges, SubgraphBuilder, SubgraphStructure
 from oocgnn.history import HistorySet, HistoryTable
 from oocgnn.io import RowFile, is_mapped, rowfile_for
-from oocgnn.staging import Slot
+from oocgnn.staging import Slot, saved_so_far, storages_of
 from oocgnn.utils.mapped import check_window
 
 log = logging.getLogger(__name__)
@@ -241,9 +241,16 @@ class BatchLoader:
         return self._hist_pool
 
     def _load_hist(self, halo: np.ndarray, slot: Slot, h_rows: int) -> tuple[list[torch.Tensor], int]:
-        """Halo rows of every history table into ``slot`` (through its cache, if any); (views, bytes read)."""
+        """Halo rows of every history table into ``slot`` (through its cache, if any); (views, bytes read).
+
+        Waits until the slot's history buffers are writable: a slot handed back after its
+        previous batch's input layer still holds that batch's halo rows until its forward
+        pass has read them.
+        """
         hist, nbytes = [], 0
         if self.hist_tables:
+            slot.hist_writable.wait()
+            slot.hist_writable.clear()
             slot.ensure_hist()
         for t in self.hist_tables:
             table = self.histories.tables[t]
@@ -264,11 +271,14 @@ class Prefetcher:
 
     Yields :class:`SubgraphBatch` objects whose tensors live in ring slots: a batch
     is valid until the next one is requested, or until the trainer hands its slot
-    back early (``early_release``, CPU only): ``batch.release_staging(saved)`` after
-    the forward pass returns the slot to the loader thread if no tensor autograd saved
-    for backward lives in it (``saved``: storage addresses), so the next batch is read
-    while backward, optimizer step and push run.  At ``depth`` 0 that is the only
-    overlap of reads with compute, and it costs no second slot.  ``close()`` joins
+    back early (``early_release``, CPU only, inside :func:`~oocgnn.staging.saved_storages`):
+    ``batch.release_staging("x", held)`` after the input layer gives the slot to the
+    loader, which reads the next batch's feature rows into it at once, and
+    ``batch.release_staging("all", held)`` after the forward pass lets it write the halo
+    history rows too; each only if nothing autograd saved for backward, nor a tensor in
+    ``held``, lives in the buffers it frees.  So the next batch is read while this one
+    computes; at ``depth`` 0 that is the only overlap of reads with compute, and it
+    costs no second slot.  ``close()`` joins
     the coordinator; a worker exception is re-raised in the iterating thread.
     ``edge_index``: build ``batch.edge_index`` (16 bytes per edge on the iterating
     thread; only models with ``uses_edge_index`` read it), else it is None.
@@ -281,7 +291,8 @@ class Prefetcher:
         self.loader, self.plan, self.slots, self.depth = loader, plan, slots, depth
         #: slots go back to the loader after the forward pass when nothing saved for backward is in them
         self.early_release = early_release and device.type == "cpu"
-        self._released: Slot | None = None  #: the current batch's slot, if it went back early
+        self._x_back: Slot | None = None     #: the current batch's slot, if the loader has it (input rows read)
+        self._all_back: Slot | None = None   #: ... and may write its halo history rows too
         self.labels, self.train_mask, self.device = labels, train_mask, device
         self.bound = staleness_bound
         self.with_edge_index = edge_index
@@ -328,11 +339,14 @@ class Prefetcher:
         prev: Slot | None = None
         try:
             for i in range(len(self.plan)):
-                if prev is not None and prev is not self._released:
+                if prev is not None:
                     if self._event is not None:
                         self._event.synchronize()  # the device copy out of this slot is done
-                    self._free.put(prev)
-                self._released = None
+                    if prev is not self._x_back:
+                        self._free.put(prev)
+                    if prev is not self._all_back:  # else set already, maybe taken by the next load
+                        prev.hist_writable.set()
+                self._x_back = self._all_back = None
                 t0 = time.perf_counter()
                 prep = self._next_prepared(i)
                 st = prep.stats
@@ -373,21 +387,34 @@ class Prefetcher:
             torch.cuda.current_stream().wait_event(ev)
             self._event = ev
         cpu.setdefault("edge_index", None)
-        release = (lambda saved, slot=prep.slot: self._release(slot, saved)) if self.early_release else None
+        release = (lambda part, held, slot=prep.slot: self._release(slot, part, held)) if self.early_release else None
         return SubgraphBatch(n_id=sub.n_id, batch_size=B, ranges=sub.ranges, halo_hist=hist, hist_age=ages,
                              release_staging=release, **cpu)
 
-    def _release(self, slot: Slot, saved: set[int]) -> bool:
-        """Give ``slot`` to the loader now unless a tensor in ``saved`` (storage addresses) lives in it."""
-        if self._released is slot or slot.storages() & saved:
+    def _release(self, slot: Slot, part: str, held: list) -> bool:
+        """Hand ``slot``'s input rows (``part="x"``) or all of it (``"all"``) to the loader, unless autograd
+        saved, or ``held`` holds, a tensor living in what would be freed; True if it went."""
+        saved = saved_so_far()
+        if saved is None or self._all_back is slot:
             return False
-        self._released = slot
-        self.stats.early_releases += 1
-        self._free.put(slot)
+        busy = saved | storages_of(held)
+        if self._x_back is not slot:
+            if slot.x_storage() in busy:
+                return False
+            self._x_back = slot
+            self._free.put(slot)  # the loader reads the next batch's feature rows into it now
+        if part == "all":
+            if slot.hist_storages() & busy:
+                return False
+            self._all_back = slot
+            self.stats.early_releases += 1
+            slot.hist_writable.set()
         return True
 
     def close(self) -> None:
         self._stop.set()
+        for slot in self.slots:  # the iteration is over: no batch reads its slot any more (the next
+            slot.hist_writable.set()  # prefetcher, or a load still waiting here, may write them)
         if self._thread is not None:
             self._thread.join()
             self._thread = None

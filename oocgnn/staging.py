@@ -2,13 +2,15 @@
 
 A ring of :class:`Slot` objects is preallocated once (first touch of new memory costs
 ~10x a refill), sized from an upper bound on any batch (:func:`ring_rows_bound`), and
-reused by the loader for every batch.  A slot is free again when the trainer no longer
-reads it: at the next batch, or right after the forward pass when nothing autograd
-saved for backward lives in it (:func:`saved_storages` tells which storages it saved).
+reused by the loader for every batch.  A slot's parts are free again when the trainer no
+longer reads them: at the next batch, or during the forward pass (input rows after the
+input layer, halo history rows after the last hidden layer) when nothing autograd saved
+for backward, nor anything the pass still holds, lives in them (:func:`saved_storages`).
 """
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Iterator
 
 import numpy as np
@@ -29,6 +31,11 @@ class Slot:
         self.hist_channels = list(hist_channels)
         self.hist: list[torch.Tensor] = []
         self.ensure_hist()
+        #: set while the halo history buffers may be written: a slot handed back after its batch's
+        #: input layer (see :class:`oocgnn.prefetch.Prefetcher`) gets its feature rows at once and
+        #: its history rows once the batch's forward pass has read its own
+        self.hist_writable = threading.Event()
+        self.hist_writable.set()
 
     def ensure_hist(self) -> None:
         """Allocate the halo history buffers if :meth:`release_hist` freed them."""
@@ -41,9 +48,13 @@ class Slot:
         """Free the halo history buffers (the next :meth:`ensure_hist` allocates them again)."""
         self.hist = []
 
-    def storages(self) -> set[int]:
-        """Addresses of the buffers' storages (a view's ``untyped_storage()`` is its base's)."""
-        return {t.untyped_storage().data_ptr() for t in (self.flat, *self.hist)}
+    def x_storage(self) -> int:
+        """Address of the input rows' storage (a view's ``untyped_storage()`` is its base's)."""
+        return self.flat.untyped_storage().data_ptr()
+
+    def hist_storages(self) -> set[int]:
+        """Addresses of the halo history buffers' storages."""
+        return {t.untyped_storage().data_ptr() for t in self.hist}
 
     def x(self, rows: int, width: int) -> torch.Tensor:
         return self.flat[: rows * width].view(rows, width)
@@ -53,12 +64,17 @@ class Slot:
         return self.flat.numel() * 4 + sum(h.numel() * 4 for h in self.hist)
 
 
+_tracking = threading.local()
+
+
 @contextlib.contextmanager
 def saved_storages() -> Iterator[set[int]]:
     """Collect the storage addresses of every strided tensor autograd saves for backward in the block.
 
-    A staging slot whose storage is not among them may be refilled while backward runs:
-    the forward pass copied what it needed out of it (e.g. dropout into its own buffer).
+    A staging buffer whose storage is not among them (nor in what the forward pass still
+    holds) may be refilled while the pass goes on: it copied what it needed out of it
+    (e.g. dropout into its own buffer).  :func:`saved_so_far` gives the set to code the
+    block calls (a batch's ``release_staging``, called from inside the model).
     """
     saved: set[int] = set()
 
@@ -67,8 +83,24 @@ def saved_storages() -> Iterator[set[int]]:
             saved.add(t.untyped_storage().data_ptr())
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        yield saved
+    outer = getattr(_tracking, "saved", None)
+    _tracking.saved = saved
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            yield saved
+    finally:
+        _tracking.saved = outer
+
+
+def saved_so_far() -> set[int] | None:
+    """The set of the innermost :func:`saved_storages` block on this thread (None outside one)."""
+    return getattr(_tracking, "saved", None)
+
+
+def storages_of(tensors: list) -> set[int]:
+    """Storage addresses of the strided tensors in ``tensors`` (other items are skipped)."""
+    return {t.untyped_storage().data_ptr() for t in tensors
+            if isinstance(t, torch.Tensor) and t.layout == torch.strided}
 
 
 def ring_rows_bound(partition_ptr: np.ndarray, halo_sizes: np.ndarray, parts_per_batch: int) -> tuple[int, int]:

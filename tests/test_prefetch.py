@@ -13,6 +13,7 @@ from oocgnn.train.config import IOConfig, ModelConfig, OptimConfig, RunConfig
 from oocgnn.train.loop import Trainer
 from oocgnn.train.metrics import MetricsLog
 from oocgnn.runner import make_trainer
+from oocgnn.staging import saved_storages
 from oocgnn.train.run import fit
 
 
@@ -107,24 +108,32 @@ def test_cpu_build_never_pins(store) -> None:
     tr.close()
 
 
-def test_slot_goes_back_after_forward_unless_backward_needs_it(store) -> None:
-    """Early release: with one slot (depth 0) the next batch is read while this one would run
-    backward, unless a tensor saved for backward lives in the slot; what it reads is the batch."""
+def test_slot_goes_back_during_forward_unless_still_needed(store) -> None:
+    """Early release with one slot (depth 0): after the input layer the loader reads the next batch's
+    feature rows, after the forward pass its halo history rows, while this batch still computes;
+    never while a tensor saved for backward (or held by the pass) lives in what would be freed."""
     cfg = RunConfig(model=ModelConfig(layers=2, hidden=8), train=OptimConfig(parts_per_batch=1),
                     io=IOConfig(prefetch=1, io_threads=1, cache="none"))
     tr = Trainer(store, cfg, None)
+    table = tr.histories.tables[0]
+    table.array[:] = np.random.default_rng(0).normal(size=table.array.shape)
     plan = tr.plan(0)
     loader = CountingLoader(tr.indptr, tr.indices, tr.features, tr.histories, [0], tr.pool, 1, target=2)
     pf = Prefetcher(loader, plan, tr.slots[:1], 0, tr.labels, tr.train_mask, tr.device, early_release=True)
     it = iter(pf)
     b0 = next(it)
-    assert loader.calls == 1
-    assert not b0.release_staging({b0.x.untyped_storage().data_ptr()})  # backward would read x: keep the slot
-    assert loader.calls == 1                                            # no free slot, nothing read
-    assert b0.release_staging(set())
-    assert loader.reached.wait(timeout=60)                              # batch 1 read before it is asked for
+    assert not b0.release_staging("x", [])                 # outside a tracked forward pass: never
+    with saved_storages():
+        assert not b0.release_staging("x", [b0.x[:3]])     # the pass still holds input rows
+        assert not b0.release_staging("all", [b0.x])       # nor all of it
+        assert loader.calls == 1                           # no free slot, nothing read
+        assert b0.release_staging("x", [])
+        assert loader.reached.wait(timeout=60)             # batch 1's read started during this forward
+        assert not b0.release_staging("all", [b0.halo_hist[0]])  # its halo rows are still held
+        assert b0.release_staging("all", [])
     b1 = next(it)
     assert torch.equal(b1.x, torch.from_numpy(np.asarray(tr.features[b1.n_id], dtype=np.float32)))
+    assert torch.equal(b1.halo_hist[0], torch.from_numpy(np.asarray(table.array[b1.halo_ids], dtype=np.float32)))
     assert len(list(it)) == len(plan) - 2
     assert pf.stats.early_releases == 1
     tr.close()

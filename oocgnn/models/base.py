@@ -112,6 +112,8 @@ class GASModel(torch.nn.Module):
         """
         halo = self._halo_inputs(batch)
         x, state = self._prepare(batch.x, batch)
+        if batch.release_staging is not None:  # the input rows are read: the loader may refill them
+            batch.release_staging("x", [x, *state.values()])
         pushes: list[Tensor] = []
         for layer in range(self.num_layers):
             h = self._layer(layer, x, batch, state)
@@ -161,7 +163,11 @@ class GASModel(torch.nn.Module):
 
     # ------------------------------------------------------------ subclass hooks
     def _prepare(self, x: Tensor, batch: SubgraphBatch) -> tuple[Tensor, State]:
-        """Layer-0 input from the features of all B+H rows (and any cross-layer state)."""
+        """Layer-0 input from the features of all B+H rows (and any cross-layer state).
+
+        The last reader of ``batch.x`` in a training forward: :meth:`forward` then hands the
+        input rows back to the loader (unless its output or state lives in them).
+        """
         return dropout([self.input_features(x)], self.dropout, self.training and self.drop_input, self._drop_bufs,
                        "input"), {}
 

@@ -212,13 +212,13 @@ class Trainer:
         mask = batch.train_mask
         labelled = int(mask.sum())
         loss_value = float("nan")
-        with saved_storages() as saved:
+        with saved_storages():
             logits, pushes = model(batch)
             if labelled:
                 loss = F.cross_entropy(logits[mask], batch.y[mask])
                 extra = policy.extra_loss(logits, batch)
-        if batch.release_staging is not None:
-            batch.release_staging(saved)  # the loader reads the next batch during backward
+            if batch.release_staging is not None:
+                batch.release_staging("all", [])  # the loader reads the next batch during backward
         if labelled:
             (loss if extra is None else loss + extra).backward()
             policy.after_backward(batch, labelled)

@@ -8,10 +8,11 @@ rows) while the trainer computes batch ``t``.  Gathers are split over a pool of
 file-backed tables go through the row-gather engine (:mod:`oocgnn.io`) instead:
 sorted page reads, 64 in flight, nothing mapped.
 
-Buffers are preallocated once (first touch of new memory costs ~10x a refill) and
-sized from an upper bound on any batch (:func:`ring_rows_bound`).  On CUDA they are
-page-locked and copied with ``non_blocking=True`` on a side stream, the trainer
-waiting on an event; on CPU the very same code hands out the staging tensors.
+The staging buffers (:class:`oocgnn.staging.Slot`) are preallocated once and sized from
+an upper bound on any batch.  On CUDA they are page-locked and copied with
+``non_blocking=True`` on a side stream, the trainer waiting on an event; on CPU the
+very same code hands out the staging tensors, and a slot goes back to the loader as
+soon as the forward pass no longer needs it (see :class:`Prefetcher`).
 
 History rows gathered ahead may miss pushes that the batches in between make.
 Each prepared batch records the history's ``landed_seq`` before it gathered, and
@@ -79,7 +80,7 @@ class IOStats:
     patched_table: int = 0
     stale_rows: int = 0
     batches: int = 0
-    early_releases: int = 0  #: batches whose slot went back to the loader after their forward pass
+    early_releases: int = 0  #: batches whose whole slot went back to the loader before their backward pass
 
     def add(self, other: "IOStats") -> None:
         for k in self.__dataclass_fields__:
@@ -278,8 +279,8 @@ class Prefetcher:
     history rows too; each only if nothing autograd saved for backward, nor a tensor in
     ``held``, lives in the buffers it frees.  So the next batch is read while this one
     computes; at ``depth`` 0 that is the only overlap of reads with compute, and it
-    costs no second slot.  ``close()`` joins
-    the coordinator; a worker exception is re-raised in the iterating thread.
+    costs no second slot.  ``close()`` joins the coordinator; a worker exception is
+    re-raised in the iterating thread (a bad file or a full disk as itself).
     ``edge_index``: build ``batch.edge_index`` (16 bytes per edge on the iterating
     thread; only models with ``uses_edge_index`` read it), else it is None.
     """
@@ -289,7 +290,7 @@ class Prefetcher:
                  step_fn=None, edge_index: bool = True, early_release: bool = False) -> None:
         assert len(slots) >= depth + 1, "ring needs depth + 1 slots"
         self.loader, self.plan, self.slots, self.depth = loader, plan, slots, depth
-        #: slots go back to the loader after the forward pass when nothing saved for backward is in them
+        #: slots go back to the loader during the forward pass when nothing saved for backward is in them
         self.early_release = early_release and device.type == "cpu"
         self._x_back: Slot | None = None     #: the current batch's slot, if the loader has it (input rows read)
         self._all_back: Slot | None = None   #: ... and may write its halo history rows too

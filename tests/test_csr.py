@@ -7,7 +7,7 @@ import torch
 from torch_geometric.utils import coalesce, remove_self_loops, to_undirected
 
 from oocgnn.errors import InputError
-from oocgnn.prepare.csr import build_csr, iter_csr_edges
+from oocgnn.prepare.csr import build_csr, iter_csr_edges, relabel_csr
 
 
 def _reference(src, dst, n, symmetric):
@@ -51,6 +51,29 @@ def test_relabel_applies_to_both_ends(tmp_path):
     ip, ix = np.load(tmp_path / "ip.npy"), np.load(tmp_path / "ix.npy")
     pairs = {(r, int(c)) for r in range(4) for c in ix[ip[r]:ip[r + 1]]}
     assert pairs == {(3, 2), (2, 1), (1, 0)}
+
+
+def test_in_ram_relabel_equals_the_bucketed_build_byte_for_byte(tmp_path):
+    """``prepare``'s store-order CSR: copying rows under new ids (both CSRs in RAM) gives the same
+    files as relabelling every entry through sort buckets, short rows and a hub row alike."""
+    rng = np.random.default_rng(3)
+    n, e = 1500, 20_000
+    src, dst = rng.integers(0, n, e), rng.integers(0, n, e)
+    src[:900] = 7  # a hub with ~900 neighbours (sorted by np.sort, short rows by insertion)
+    build_csr(lambda: [(src, dst)], n, tmp_path / "oip.npy", tmp_path / "oix.npy", tmp_path / "w", symmetric=True,
+              memory_budget=1 << 24, progress=False)
+    perm = rng.permutation(n)
+    inv = np.empty(n, np.int64)
+    inv[perm] = np.arange(n)
+    oip, oix = np.load(tmp_path / "oip.npy"), np.load(tmp_path / "oix.npy")
+    ref = build_csr(lambda: iter_csr_edges(oip, oix, 3000), n, tmp_path / "rip.npy", tmp_path / "rix.npy",
+                    tmp_path / "w", symmetric=False, memory_budget=24 * 5000, relabel=inv, progress=False)
+    got = relabel_csr(tmp_path / "oip.npy", tmp_path / "oix.npy", inv, tmp_path / "ip.npy", tmp_path / "ix.npy",
+                      progress=False)
+    for a, b in (("ip", "rip"), ("ix", "rix")):
+        assert (tmp_path / f"{a}.npy").read_bytes() == (tmp_path / f"{b}.npy").read_bytes()
+    assert (got.num_entries, got.indptr_checksum, got.indices_checksum) == \
+        (ref.num_entries, ref.indptr_checksum, ref.indices_checksum)
 
 
 @pytest.mark.parametrize("bad", [-1, 10])

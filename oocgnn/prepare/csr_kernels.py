@@ -107,3 +107,33 @@ def dedupe_decode(keys, num_nodes, row_counts, cols):
         cols[j] = k - r * num_nodes
         j += 1
     return j
+
+
+@njit(nogil=True, cache=True)
+def scatter_relabelled_rows(old_indptr, old_indices, inv_perm, new_indptr, out, lo, hi):
+    """Copy old rows ``u`` in ``lo..hi-1``, ids mapped through ``inv_perm``, to new row ``inv_perm[u]`` of ``out``.
+
+    Old rows are read in order and only the id map is looked up at random, which
+    is ~3x faster here than gathering old rows in new order."""
+    for u in range(lo, hi):
+        p = new_indptr[inv_perm[u]]
+        for j in range(old_indptr[u], old_indptr[u + 1]):
+            out[p] = inv_perm[old_indices[j]]
+            p += 1
+
+
+@njit(nogil=True, cache=True)
+def sort_rows(indptr, cols, lo, hi):
+    """Sort rows ``lo..hi-1`` of a CSR in place (insertion sort for the many short rows)."""
+    for i in range(lo, hi):
+        s, e = indptr[i], indptr[i + 1]
+        if e - s <= 32:
+            for k in range(s + 1, e):
+                v = cols[k]
+                p = k
+                while p > s and cols[p - 1] > v:
+                    cols[p] = cols[p - 1]
+                    p -= 1
+                cols[p] = v
+        else:
+            cols[s:e].sort()

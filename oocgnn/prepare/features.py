@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from oocgnn.errors import InputError, translate_os_error
 from oocgnn.store.npyfile import NpyWriter
+from oocgnn.utils.buffers import empty_huge
 
 
 def _checked_blocks(blocks: Iterable[np.ndarray], num_nodes: int, num_features: int, what: str):
@@ -69,7 +70,7 @@ def write_permuted_features(blocks: Iterable[np.ndarray], inv_perm: np.ndarray, 
             _range_passes(blocks, blocks_again, inv_perm, writer, -(-num_nodes // passes), num_features, dtype,
                           what, bar)
         elif num_nodes * row_bytes <= memory_budget // 2:
-            table = np.empty((num_nodes, num_features), dtype=dtype)
+            table = empty_huge((num_nodes, num_features), dtype)
             for start, block in _checked_blocks(blocks, num_nodes, num_features, what):
                 table[inv_perm[start:start + len(block)]] = block
                 bar.update(len(block))
@@ -90,7 +91,7 @@ def _range_passes(blocks, blocks_again, inv_perm: np.ndarray, writer: NpyWriter,
                   num_features: int, dtype: np.dtype, what: str, bar) -> None:
     """One read of the source per range of ``range_rows`` store rows; each range is written whole."""
     num_nodes = len(inv_perm)
-    table = np.empty((min(range_rows, num_nodes), num_features), dtype=dtype)
+    table = empty_huge((min(range_rows, num_nodes), num_features), dtype)  # rows land at random: see buffers.py
     step = max(1, (64 << 20) // max(num_features * dtype.itemsize, 1))
     for k, lo in enumerate(range(0, num_nodes, range_rows)):
         hi = min(lo + range_rows, num_nodes)
@@ -135,7 +136,7 @@ def _bucketed(blocks, inv_perm, writer: NpyWriter, workdir: Path, num_features: 
     finally:
         for f in id_files + row_files:
             f.close()
-    buf = np.empty((bucket_rows, num_features), dtype=dtype)
+    buf = empty_huge((bucket_rows, num_features), dtype)
     for b in range(num_buckets):
         lo = b * bucket_rows
         n = min(bucket_rows, num_nodes - lo)

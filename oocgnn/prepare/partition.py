@@ -131,14 +131,13 @@ def _ldg_pass(indptr: np.ndarray, indices: np.ndarray, num_parts: int, part: np.
             bar.update(b)
 
 
-def edge_cut_fraction(indptr: np.ndarray, indices: np.ndarray, part: np.ndarray, block: int = 1 << 24) -> float:
-    """Fraction of CSR entries (u, v) with ``part[u] != part[v]``, streamed."""
-    from oocgnn.prepare.csr import iter_csr_edges
+def edge_cut_fraction(indptr: np.ndarray, indices: np.ndarray, part: np.ndarray, block: int = 1 << 22) -> float:
+    """Fraction of CSR entries (u, v) with ``part[u] != part[v]``, streamed in row blocks (one numba loop each)."""
+    from oocgnn.prepare.multilevel import Graph
+    from oocgnn.prepare.multilevel_kernels import cut_entries
 
-    total = cut = 0
-    for rows, cols in iter_csr_edges(indptr, indices, block):
-        cut += int(np.count_nonzero(part[rows] != part[cols]))
-        total += rows.size
+    total = int(indptr[-1])
+    cut = sum(cut_entries(row, ptr, cols, part) for row, ptr, cols, _ in Graph(indptr, indices, block_entries=block).blocks())
     return cut / total if total else 0.0
 
 

@@ -31,7 +31,7 @@ import numpy as np
 import zarr
 
 from oocgnn.errors import ConfigError, InputError, OutputExistsError
-from oocgnn.prepare.csr import build_csr, iter_csr_edges
+from oocgnn.prepare.csr import build_csr, iter_csr_edges, relabel_csr, relabel_fits
 from oocgnn.prepare.features import write_permuted_features
 from oocgnn.prepare.partition import default_num_partitions, partition_graph
 from oocgnn.prepare.source import GraphSource
@@ -216,15 +216,20 @@ def prepare_store(source: GraphSource, out: str | Path, options: PrepareOptions 
     inv_perm[perm] = np.arange(n, dtype=np.int64)
 
     def csr_final() -> dict[str, Any]:
-        if options.undirected:  # the symmetric CSR already holds every entry: relabel it
-            ip = np.load(work / "orig_indptr.npy", mmap_mode="r")
-            ix = np.load(work / "orig_indices.npy", mmap_mode="r")
-            edges = lambda: iter_csr_edges(ip, ix, block_edges)  # noqa: E731
-            hint = int(orig["num_entries"])
+        if options.undirected and relabel_fits(n, int(orig["num_entries"]), memory_budget):
+            # the symmetric CSR holds every entry and fits in RAM: copy its rows under the new ids
+            r = relabel_csr(work / "orig_indptr.npy", work / "orig_indices.npy", inv_perm, out / fmt.INDPTR,
+                            out / fmt.INDICES, progress=progress)
         else:
-            edges, hint = source_edges, info.num_edges_hint
-        r = build_csr(edges, n, out / fmt.INDPTR, out / fmt.INDICES, work, symmetric=False,
-                      memory_budget=memory_budget, relabel=inv_perm, edges_hint=hint, what=what, progress=progress)
+            if options.undirected:  # relabel the symmetric CSR's entries through sort buckets
+                ip = np.load(work / "orig_indptr.npy", mmap_mode="r")
+                ix = np.load(work / "orig_indices.npy", mmap_mode="r")
+                edges = lambda: iter_csr_edges(ip, ix, block_edges)  # noqa: E731
+                hint = int(orig["num_entries"])
+            else:
+                edges, hint = source_edges, info.num_edges_hint
+            r = build_csr(edges, n, out / fmt.INDPTR, out / fmt.INDICES, work, symmetric=False,
+                          memory_budget=memory_budget, relabel=inv_perm, edges_hint=hint, what=what, progress=progress)
         return {"num_entries": r.num_entries, "checksums": {fmt.INDPTR: r.indptr_checksum, fmt.INDICES: r.indices_checksum}}
 
     csr = stages.run("csr", csr_final)

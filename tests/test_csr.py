@@ -7,7 +7,8 @@ import torch
 from torch_geometric.utils import coalesce, remove_self_loops, to_undirected
 
 from oocgnn.errors import InputError
-from oocgnn.prepare.csr import build_csr, iter_csr_edges, relabel_csr
+from oocgnn.prepare import csr as csr_module
+from oocgnn.prepare.csr import build_csr, iter_csr_edges, relabel_csr, relabel_passes
 
 
 def _reference(src, dst, n, symmetric):
@@ -53,9 +54,12 @@ def test_relabel_applies_to_both_ends(tmp_path):
     assert pairs == {(3, 2), (2, 1), (1, 0)}
 
 
-def test_in_ram_relabel_equals_the_bucketed_build_byte_for_byte(tmp_path):
-    """``prepare``'s store-order CSR: copying rows under new ids (both CSRs in RAM) gives the same
-    files as relabelling every entry through sort buckets, short rows and a hub row alike."""
+@pytest.mark.parametrize("passes", [1, 2, 5])
+def test_row_scatter_relabel_equals_the_bucketed_build_byte_for_byte(tmp_path, monkeypatch, passes):
+    """``prepare``'s store-order CSR: scattering old rows under new ids (in one or more passes over
+    the old ids, read in small windows) gives the same files as relabelling every entry through
+    sort buckets, short rows and a hub row alike."""
+    monkeypatch.setattr(csr_module, "_RELABEL_READ_ENTRIES", 2500)
     rng = np.random.default_rng(3)
     n, e = 1500, 20_000
     src, dst = rng.integers(0, n, e), rng.integers(0, n, e)
@@ -69,7 +73,7 @@ def test_in_ram_relabel_equals_the_bucketed_build_byte_for_byte(tmp_path):
     ref = build_csr(lambda: iter_csr_edges(oip, oix, 3000), n, tmp_path / "rip.npy", tmp_path / "rix.npy",
                     tmp_path / "w", symmetric=False, memory_budget=24 * 5000, relabel=inv, progress=False)
     got = relabel_csr(tmp_path / "oip.npy", tmp_path / "oix.npy", inv, tmp_path / "ip.npy", tmp_path / "ix.npy",
-                      progress=False)
+                      passes=passes, progress=False)
     for a, b in (("ip", "rip"), ("ix", "rix")):
         assert (tmp_path / f"{a}.npy").read_bytes() == (tmp_path / f"{b}.npy").read_bytes()
     assert (got.num_entries, got.indptr_checksum, got.indices_checksum) == \
@@ -82,3 +86,12 @@ def test_out_of_range_edge_is_a_clear_error(tmp_path, bad):
         build_csr(lambda: [(np.array([0, bad]), np.array([1, 2]))], 10, tmp_path / "ip.npy", tmp_path / "ix.npy",
                   tmp_path, symmetric=True, memory_budget=1 << 20, what="mygraph", progress=False)
     assert not (tmp_path / "ix.npy").exists()
+
+
+def test_relabel_passes_follow_the_budget():
+    n, e = 1_000_000, 20_000_000  # int32 ids: 80 MB of them
+    fixed = 28 * (n + 1) + csr_module._RELABEL_READ_ENTRIES * 4
+    assert relabel_passes(n, e, fixed + 4 * e) == 1
+    assert relabel_passes(n, e, fixed + 2 * e) == 2
+    assert relabel_passes(n, e, fixed + e) == 0  # 4 passes: sort buckets instead
+    assert relabel_passes(n, e, fixed // 2) == 0

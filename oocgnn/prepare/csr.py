@@ -35,6 +35,7 @@ from oocgnn.prepare.csr_kernels import (bucket_keys, count_entries, dedupe_decod
                                         sort_rows)
 from oocgnn.store.format import indices_dtype
 from oocgnn.store.npyfile import NpyWriter
+from oocgnn.utils.buffers import empty_huge
 from oocgnn.utils.mapped import release_pages
 
 log = logging.getLogger(__name__)
@@ -190,48 +191,70 @@ def build_csr(edge_blocks: EdgeBlocks, num_nodes: int, out_indptr: Path, out_ind
     return result
 
 
-def relabel_fits(num_nodes: int, num_entries: int, memory_budget: int) -> bool:
-    """Whether :func:`relabel_csr` can hold the old and the new CSR in ``memory_budget``."""
+#: Old CSR entries read per step of :func:`relabel_csr` (a memmap window, released after each).
+_RELABEL_READ_ENTRIES = 1 << 24
+#: Most sequential passes over the old CSR before the sort buckets of :func:`build_csr` win.
+MAX_RELABEL_PASSES = 2
+
+
+def relabel_passes(num_nodes: int, num_entries: int, memory_budget: int) -> int:
+    """Passes over the old CSR :func:`relabel_csr` needs in ``memory_budget``; 0 when more than
+    :data:`MAX_RELABEL_PASSES` (then :func:`build_csr` relabels through sort buckets)."""
     id_bytes = np.dtype(indices_dtype(num_nodes)).itemsize
-    # old and new ids; old indptr, new indptr, degrees (int64) and the id map
-    return 2 * num_entries * id_bytes + (24 + id_bytes) * (num_nodes + 1) <= memory_budget
+    # old indptr, new indptr, np.diff's temporary (int64) and the id map, plus one window of old ids
+    room = memory_budget - (24 + id_bytes) * (num_nodes + 1) - _RELABEL_READ_ENTRIES * id_bytes
+    if room <= 0:
+        return 0
+    passes = max(1, -(-num_entries * id_bytes // room))
+    return passes if passes <= MAX_RELABEL_PASSES else 0
 
 
-def relabel_csr(old_indptr_path: Path, old_indices_path: Path, inv_perm: np.ndarray,
-                out_indptr: Path, out_indices: Path, *, progress: bool = True) -> CSRResult:
+def relabel_csr(old_indptr_path: Path, old_indices_path: Path, inv_perm: np.ndarray, out_indptr: Path,
+                out_indices: Path, *, passes: int = 1, progress: bool = True) -> CSRResult:
     """The same de-duplicated CSR under new ids: old row ``u`` becomes row ``inv_perm[u]``, ids mapped.
 
     Why: rebuilding it through :func:`build_csr` (count, bucket, sort 2E keys, with
-    a random id lookup per entry in each pass) took ~3 s of a 2 M-node prepare; with
-    both CSRs in RAM (``relabel_fits``) it is one in-order scatter of rows and short
-    in-row sorts (~1 s).  The files are byte-identical to ``build_csr``'s.
+    a random id lookup per entry in each pass) took ~3 s of a 2 M-node prepare.  Here
+    each pass streams the old ids in order, scatters the rows whose new id falls in
+    the pass's range into a RAM table, sorts each row (short rows: insertion sort) and
+    appends the range: ~1 s.  ``passes`` from :func:`relabel_passes`.  The files are
+    byte-identical to ``build_csr``'s.
     """
     old_indptr = np.load(old_indptr_path)
-    old_indices = np.load(old_indices_path)
+    old_indices = np.load(old_indices_path, mmap_mode="r")
     num_nodes = len(old_indptr) - 1
     id_dtype = np.dtype(indices_dtype(num_nodes))
     inv = np.ascontiguousarray(inv_perm, dtype=id_dtype)  # int32 when it can: the map is looked up at random
     new_indptr = np.zeros(num_nodes + 1, dtype=np.int64)
     new_indptr[1:][inv] = np.diff(old_indptr)
     np.cumsum(new_indptr, out=new_indptr)
-    cols = np.empty(int(new_indptr[-1]), dtype=id_dtype)
-    step = 1 << 20
-    with tqdm(total=2 * num_nodes, unit="row", unit_scale=True, desc="CSR relabel", disable=not progress) as bar:
-        for lo in range(0, num_nodes, step):
-            scatter_relabelled_rows(old_indptr, old_indices, inv, new_indptr, cols, lo, min(lo + step, num_nodes))
-            bar.update(min(step, num_nodes - lo))
-        del old_indices
-        for lo in range(0, num_nodes, step):
-            sort_rows(new_indptr, cols, lo, min(lo + step, num_nodes))
-            bar.update(min(step, num_nodes - lo))
+    total = int(new_indptr[-1])
+    # new-row ranges of about total / passes entries each
+    cuts = np.unique(np.searchsorted(new_indptr, np.linspace(0, total, passes + 1)[1:-1], side="right").tolist())
+    bounds = [0, *[int(c) for c in cuts if 0 < c < num_nodes], num_nodes]
+    table = empty_huge(max(int(new_indptr[b] - new_indptr[a]) for a, b in zip(bounds, bounds[1:])), id_dtype)
     indptr, indices = NpyWriter(out_indptr, np.int64), NpyWriter(out_indices, id_dtype)
     try:
-        step = 1 << 24
-        for s in range(0, len(new_indptr), step):
-            indptr.append(new_indptr[s:s + step])
-        for s in range(0, len(cols), step):
-            indices.append(cols[s:s + step])
-        return CSRResult(num_nodes=num_nodes, num_entries=len(cols), input_edges=len(cols), self_loops_dropped=0,
+        indptr.append(new_indptr)
+        with tqdm(total=2 * num_nodes * (len(bounds) - 1), unit="row", unit_scale=True, desc="CSR relabel",
+                  disable=not progress) as bar:
+            for first, last in zip(bounds, bounds[1:]):
+                lo = 0
+                while lo < num_nodes:  # stream the old ids in windows
+                    hi = int(np.searchsorted(old_indptr, old_indptr[lo] + _RELABEL_READ_ENTRIES, side="right")) - 1
+                    hi = min(max(hi, lo + 1), num_nodes)
+                    ids = old_indices[old_indptr[lo]:old_indptr[hi]]
+                    scatter_relabelled_rows(old_indptr, ids, lo, hi, inv, new_indptr, first, last, table)
+                    release_pages(old_indices)
+                    bar.update(hi - lo)
+                    lo = hi
+                base = int(new_indptr[first])
+                for lo in range(first, last, 1 << 20):
+                    sort_rows(new_indptr, table, lo, min(lo + (1 << 20), last), base)
+                    bar.update(min(1 << 20, last - lo))
+                bar.update(num_nodes - (last - first))
+                indices.append(table[:int(new_indptr[last]) - base])
+        return CSRResult(num_nodes=num_nodes, num_entries=total, input_edges=total, self_loops_dropped=0,
                          indptr_checksum=indptr.close(), indices_checksum=indices.close())
     except BaseException:
         indptr.abort()

@@ -110,23 +110,29 @@ def dedupe_decode(keys, num_nodes, row_counts, cols):
 
 
 @njit(nogil=True, cache=True)
-def scatter_relabelled_rows(old_indptr, old_indices, inv_perm, new_indptr, out, lo, hi):
-    """Copy old rows ``u`` in ``lo..hi-1``, ids mapped through ``inv_perm``, to new row ``inv_perm[u]`` of ``out``.
+def scatter_relabelled_rows(old_indptr, ids, lo, hi, inv_perm, new_indptr, first, last, out):
+    """Copy old rows ``lo..hi-1`` whose new id ``inv_perm[u]`` is in ``first..last-1`` to ``out``,
+    ids mapped through ``inv_perm``; ``ids`` holds old entries ``old_indptr[lo]..old_indptr[hi]-1``
+    and ``out`` new entries from ``new_indptr[first]`` on.
 
     Old rows are read in order and only the id map is looked up at random, which
     is ~3x faster here than gathering old rows in new order."""
+    base, out_base = old_indptr[lo], new_indptr[first]
     for u in range(lo, hi):
-        p = new_indptr[inv_perm[u]]
-        for j in range(old_indptr[u], old_indptr[u + 1]):
-            out[p] = inv_perm[old_indices[j]]
+        v = inv_perm[u]
+        if v < first or v >= last:
+            continue
+        p = new_indptr[v] - out_base
+        for j in range(old_indptr[u] - base, old_indptr[u + 1] - base):
+            out[p] = inv_perm[ids[j]]
             p += 1
 
 
 @njit(nogil=True, cache=True)
-def sort_rows(indptr, cols, lo, hi):
-    """Sort rows ``lo..hi-1`` of a CSR in place (insertion sort for the many short rows)."""
+def sort_rows(indptr, cols, lo, hi, base):
+    """Sort rows ``lo..hi-1`` of a CSR in place; ``cols`` starts at entry ``base`` (insertion sort for short rows)."""
     for i in range(lo, hi):
-        s, e = indptr[i], indptr[i + 1]
+        s, e = indptr[i] - base, indptr[i + 1] - base
         if e - s <= 32:
             for k in range(s + 1, e):
                 v = cols[k]

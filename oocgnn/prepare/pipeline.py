@@ -31,7 +31,7 @@ import numpy as np
 import zarr
 
 from oocgnn.errors import ConfigError, InputError, OutputExistsError
-from oocgnn.prepare.csr import build_csr, iter_csr_edges, relabel_csr, relabel_fits
+from oocgnn.prepare.csr import build_csr, iter_csr_edges, relabel_csr, relabel_passes
 from oocgnn.prepare.features import write_permuted_features
 from oocgnn.prepare.partition import default_num_partitions, partition_graph
 from oocgnn.prepare.source import GraphSource
@@ -216,10 +216,10 @@ def prepare_store(source: GraphSource, out: str | Path, options: PrepareOptions 
     inv_perm[perm] = np.arange(n, dtype=np.int64)
 
     def csr_final() -> dict[str, Any]:
-        if options.undirected and relabel_fits(n, int(orig["num_entries"]), memory_budget):
-            # the symmetric CSR holds every entry and fits in RAM: copy its rows under the new ids
+        passes = relabel_passes(n, int(orig["num_entries"]), memory_budget) if options.undirected else 0
+        if passes:  # the symmetric CSR holds every entry: copy its rows under the new ids
             r = relabel_csr(work / "orig_indptr.npy", work / "orig_indices.npy", inv_perm, out / fmt.INDPTR,
-                            out / fmt.INDICES, progress=progress)
+                            out / fmt.INDICES, passes=passes, progress=progress)
         else:
             if options.undirected:  # relabel the symmetric CSR's entries through sort buckets
                 ip = np.load(work / "orig_indptr.npy", mmap_mode="r")

@@ -1,61 +1,82 @@
-"""Huge-page buffers: ordinary numpy arrays to their users, advised for huge pages when large."""
+"""Page-aligned buffers and O_DIRECT writes of .npy files: same bytes as buffered writes."""
 from __future__ import annotations
 
-import gc
-import mmap
-import sys
+import errno
+import os
 
 import numpy as np
 import pytest
 
-from oocgnn.utils import buffers
-from oocgnn.utils.buffers import empty_huge
+from oocgnn.store import npyfile
+from oocgnn.store.npyfile import NpyWriter
+from oocgnn.utils.buffers import PAGE, aligned_rows, empty_aligned
 
 
-def _vm_flags(address: int) -> list[str]:
-    """VmFlags of the mapping of this process that holds ``address``."""
-    current = None
-    with open("/proc/self/smaps") as f:
-        for line in f:
-            head = line.split()[0]
-            if "-" in head and not head.endswith(":"):
-                lo, hi = (int(x, 16) for x in head.split("-"))
-                current = lo <= address < hi
-            elif head == "VmFlags:" and current:
-                return line.split()[1:]
-    raise AssertionError("address not mapped")
+@pytest.mark.parametrize("shape,dtype", [((3, 4), np.float32), ((100_001,), np.int64), ((5, 1433), np.float16)])
+def test_empty_aligned_is_a_page_aligned_array(shape, dtype):
+    a = empty_aligned(shape, dtype)
+    assert a.shape == shape and a.dtype == dtype and a.flags.c_contiguous and a.flags.writeable
+    assert a.ctypes.data % PAGE == 0
+    a[...] = 1
+    view = a[1:]
+    del a
+    assert (view == 1).all()  # a view keeps the memory alive
 
 
-def test_small_is_plain_numpy_and_large_behaves_like_np_empty():
-    small = empty_huge((3, 4), np.float32)
-    assert small.shape == (3, 4) and small.dtype == np.float32 and isinstance(small.base, (type(None), np.ndarray))
-    big = empty_huge((buffers.HUGE_MIN_BYTES // 8 + 5,), np.int64)
-    assert big.shape == (buffers.HUGE_MIN_BYTES // 8 + 5,) and big.flags.c_contiguous and big.flags.writeable
-    big[:] = np.arange(big.size)
-    tail = big[-3:]
-    del big
-    gc.collect()
-    assert tail.tolist() == [buffers.HUGE_MIN_BYTES // 8 + 2, buffers.HUGE_MIN_BYTES // 8 + 3,
-                             buffers.HUGE_MIN_BYTES // 8 + 4]  # a view keeps the memory alive
+@pytest.mark.parametrize("row_bytes", [512, 400, 1433 * 4, 6, 8192])
+def test_aligned_rows_fill_whole_pages(row_bytes):
+    rows = aligned_rows(row_bytes)
+    assert rows * row_bytes % PAGE == 0 and rows * row_bytes <= max(64 << 20, PAGE * row_bytes)
+    assert aligned_rows(row_bytes, 0) * row_bytes == np.lcm(row_bytes, PAGE)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or not hasattr(mmap, "MADV_HUGEPAGE"),
-                    reason="madvise(MADV_HUGEPAGE) is Linux-only")
-def test_large_buffer_is_advised_for_huge_pages():
-    big = empty_huge((2, buffers.HUGE_MIN_BYTES), np.uint8)
-    assert "hg" in _vm_flags(big.ctypes.data)
-    plain = np.empty(buffers.HUGE_MIN_BYTES * 2, np.uint8)
-    assert "hg" not in _vm_flags(plain.ctypes.data)
+def _write(path, blocks, direct):
+    w = NpyWriter(path, np.float32, row_shape=(128,), direct=direct)
+    for b in blocks:
+        w.append(b)
+    return w.close(), w.direct_bytes
 
 
-def test_feature_table_in_huge_pages_is_byte_identical(tmp_path, monkeypatch):
+def test_direct_writes_equal_buffered_writes(tmp_path, monkeypatch):
+    """Aligned blocks go past the page cache, an unaligned one and the ones after it through it,
+    and the file and its checksum are those of a buffered writer."""
+    monkeypatch.setattr(npyfile, "DIRECT_MIN_BYTES", PAGE)
+    table = empty_aligned((5000, 128), np.float32)
+    table[:] = np.random.default_rng(0).standard_normal(table.shape)
+    step = aligned_rows(512, 1 << 20)
+    assert 4096 % step == 0
+    blocks = [table[s:s + step] for s in range(0, 4096, step)] + [table[4096:4099], table[4099:]]
+    crc_d, direct_bytes = _write(tmp_path / "d.npy", blocks, True)
+    crc_b, buffered_direct = _write(tmp_path / "b.npy", blocks, False)
+    assert (tmp_path / "d.npy").read_bytes() == (tmp_path / "b.npy").read_bytes() and crc_d == crc_b
+    assert np.array_equal(np.load(tmp_path / "d.npy"), table)
+    if hasattr(os, "O_DIRECT"):
+        assert direct_bytes == 4096 * 512 and buffered_direct == 0
+
+
+def test_a_refused_direct_write_falls_back_to_the_page_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(npyfile, "DIRECT_MIN_BYTES", PAGE)
+    real = os.pwrite
+
+    def refuse(fd, data, offset):
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(os, "pwrite", refuse)
+    table = empty_aligned((4096, 128), np.float32)
+    table[:] = 3.0
+    _, direct_bytes = _write(tmp_path / "d.npy", [table[:2048], table[2048:]], True)
+    monkeypatch.setattr(os, "pwrite", real)
+    assert direct_bytes == 0 and np.array_equal(np.load(tmp_path / "d.npy"), table)
+
+
+def test_feature_table_written_direct_is_byte_identical(tmp_path, monkeypatch):
     from oocgnn.prepare.features import write_permuted_features
 
-    monkeypatch.setattr(buffers, "HUGE_MIN_BYTES", 0)
-    x = np.random.default_rng(0).standard_normal((3001, 16)).astype(np.float32)
-    inv = np.random.default_rng(1).permutation(3001)
-    write_permuted_features((x[s:s + 500] for s in range(0, 3001, 500)), inv, tmp_path / "f.npy", tmp_path / "w",
-                            num_features=16, dtype="float32", memory_budget=1 << 30, what="t", progress=False)
+    monkeypatch.setattr(npyfile, "DIRECT_MIN_BYTES", PAGE)
+    x = np.random.default_rng(0).standard_normal((30001, 32)).astype(np.float32)
+    inv = np.random.default_rng(1).permutation(30001)
+    write_permuted_features((x[s:s + 5000] for s in range(0, 30001, 5000)), inv, tmp_path / "f.npy", tmp_path / "w",
+                            num_features=32, dtype="float32", memory_budget=1 << 30, what="t", progress=False)
     want = np.empty_like(x)
     want[inv] = x
     assert np.array_equal(np.load(tmp_path / "f.npy"), want)

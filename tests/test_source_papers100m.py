@@ -98,6 +98,21 @@ def test_fortran_features_spill_once(tmp_path):
     assert spill.stat().st_mtime_ns == mtime
 
 
+@pytest.mark.parametrize("fortran", [False, True])
+def test_uncompressed_npz_is_read_in_place_without_spills(tmp_path, fortran):
+    """``np.savez`` (stored members): edges and C-ordered features are read at their offset in
+    data.npz, so no scratch copy is written; Fortran-ordered features still need their spill."""
+    d = make_papers100m_fixture(tmp_path, 301, 999, num_features=8, fortran=fortran, compressed=False)
+    src = Papers100MSource(d)
+    src.prepare_scratch(tmp_path / "w")
+    want = np.load(d / "raw" / "data.npz")
+    np.testing.assert_array_equal(np.concatenate(list(src.iter_features(64))), want["node_feat"])
+    np.testing.assert_array_equal(np.stack([np.concatenate(b) for b in zip(*src.iter_edges(100))]),
+                                  want["edge_index"])
+    spills = sorted(p.name for p in (tmp_path / "w").glob("*.raw"))
+    assert spills == (["papers100M_node_feat.F.raw"] if fortran else [])
+
+
 def _rewrite_npz(path, **changes):
     with np.load(path) as z:
         arrays = {k: z[k] for k in z.files}

@@ -35,7 +35,7 @@ from oocgnn.prepare.csr_kernels import (bucket_keys, count_entries, dedupe_decod
                                         sort_rows)
 from oocgnn.store.format import indices_dtype
 from oocgnn.store.npyfile import NpyWriter
-from oocgnn.utils.buffers import empty_huge
+from oocgnn.utils.buffers import empty_aligned
 from oocgnn.utils.mapped import release_pages
 
 log = logging.getLogger(__name__)
@@ -232,8 +232,8 @@ def relabel_csr(old_indptr_path: Path, old_indices_path: Path, inv_perm: np.ndar
     # new-row ranges of about total / passes entries each
     cuts = np.unique(np.searchsorted(new_indptr, np.linspace(0, total, passes + 1)[1:-1], side="right").tolist())
     bounds = [0, *[int(c) for c in cuts if 0 < c < num_nodes], num_nodes]
-    table = empty_huge(max(int(new_indptr[b] - new_indptr[a]) for a, b in zip(bounds, bounds[1:])), id_dtype)
-    indptr, indices = NpyWriter(out_indptr, np.int64), NpyWriter(out_indices, id_dtype)
+    table = empty_aligned(max(int(new_indptr[b] - new_indptr[a]) for a, b in zip(bounds, bounds[1:])), id_dtype)
+    indptr, indices = NpyWriter(out_indptr, np.int64), NpyWriter(out_indices, id_dtype, direct=True)
     try:
         indptr.append(new_indptr)
         with tqdm(total=2 * num_nodes * (len(bounds) - 1), unit="row", unit_scale=True, desc="CSR relabel",

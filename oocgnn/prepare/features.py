@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from oocgnn.errors import InputError, translate_os_error
 from oocgnn.store.npyfile import NpyWriter
-from oocgnn.utils.buffers import empty_huge
+from oocgnn.utils.buffers import aligned_rows, empty_aligned
 
 
 def _checked_blocks(blocks: Iterable[np.ndarray], num_nodes: int, num_features: int, what: str):
@@ -62,19 +62,20 @@ def write_permuted_features(blocks: Iterable[np.ndarray], inv_perm: np.ndarray, 
     row_bytes = num_features * dtype.itemsize
     table_rows = max(1, (memory_budget - _BLOCK_RESERVE) // max(row_bytes, 1))
     passes = -(-num_nodes // table_rows)
-    writer = NpyWriter(out, dtype, row_shape=(num_features,))
+    writer = NpyWriter(out, dtype, row_shape=(num_features,), direct=True)
     bar = tqdm(total=num_nodes, unit="row", unit_scale=True, desc="features", disable=not progress)
     try:
         if blocks_again is not None and passes <= MAX_RANGE_PASSES:
             bar.reset(total=num_nodes * passes)
-            _range_passes(blocks, blocks_again, inv_perm, writer, -(-num_nodes // passes), num_features, dtype,
-                          what, bar)
+            unit = aligned_rows(row_bytes, 0)  # ranges of whole pages keep every write aligned
+            range_rows = -(-num_nodes // passes // unit) * unit
+            _range_passes(blocks, blocks_again, inv_perm, writer, range_rows, num_features, dtype, what, bar)
         elif num_nodes * row_bytes <= memory_budget // 2:
-            table = empty_huge((num_nodes, num_features), dtype)
+            table = empty_aligned((num_nodes, num_features), dtype)
             for start, block in _checked_blocks(blocks, num_nodes, num_features, what):
                 table[inv_perm[start:start + len(block)]] = block
                 bar.update(len(block))
-            step = max(1, (64 << 20) // max(row_bytes, 1))
+            step = aligned_rows(row_bytes)
             for s in range(0, num_nodes, step):
                 writer.append(table[s:s + step])
         else:
@@ -91,8 +92,8 @@ def _range_passes(blocks, blocks_again, inv_perm: np.ndarray, writer: NpyWriter,
                   num_features: int, dtype: np.dtype, what: str, bar) -> None:
     """One read of the source per range of ``range_rows`` store rows; each range is written whole."""
     num_nodes = len(inv_perm)
-    table = empty_huge((min(range_rows, num_nodes), num_features), dtype)  # rows land at random: see buffers.py
-    step = max(1, (64 << 20) // max(num_features * dtype.itemsize, 1))
+    table = empty_aligned((min(range_rows, num_nodes), num_features), dtype)  # written with O_DIRECT
+    step = aligned_rows(num_features * dtype.itemsize)
     for k, lo in enumerate(range(0, num_nodes, range_rows)):
         hi = min(lo + range_rows, num_nodes)
         for start, block in _checked_blocks(blocks if k == 0 else blocks_again(), num_nodes, num_features, what):
@@ -111,7 +112,8 @@ def _bucketed(blocks, inv_perm, writer: NpyWriter, workdir: Path, num_features: 
               memory_budget: int, what: str, bar) -> None:
     num_nodes = len(inv_perm)
     row_bytes = num_features * dtype.itemsize
-    bucket_rows = max(1, (memory_budget // 3) // (row_bytes + 8))
+    unit = aligned_rows(row_bytes, 0)
+    bucket_rows = max(unit, (memory_budget // 3) // (row_bytes + 8) // unit * unit)
     num_buckets = -(-num_nodes // bucket_rows)
     bdir = workdir / "feature_buckets"
     shutil.rmtree(bdir, ignore_errors=True)
@@ -136,7 +138,7 @@ def _bucketed(blocks, inv_perm, writer: NpyWriter, workdir: Path, num_features: 
     finally:
         for f in id_files + row_files:
             f.close()
-    buf = empty_huge((bucket_rows, num_features), dtype)
+    buf = empty_aligned((bucket_rows, num_features), dtype)
     for b in range(num_buckets):
         lo = b * bucket_rows
         n = min(bucket_rows, num_nodes - lo)

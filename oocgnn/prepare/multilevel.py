@@ -58,12 +58,15 @@ IMBALANCE = 1.10
 MIN_SHARE = 0.5
 #: RAM per fine node while multilevel runs, at the peak (clustering: int32
 #: labels, cluster weights and node weights, int64 connection scratch, the int32
-#: relabel and coarse map; contraction adds the int64 degrees and indptr).
+#: relabel and coarse map; contraction adds int64 coarse degrees and two int32
+#: slot arrays per coarse node).
 BYTES_PER_NODE = 40
 #: A cluster may hold at most this fraction of a part's weight, so METIS can
 #: still balance the coarse graph.
 _CLUSTER_FRACTION = 0.05
 _COARSEN_PASSES = 4
+#: Clustering stops once a pass moves fewer than this fraction of the nodes.
+_CLUSTER_MIN_MOVED = 0.01
 _REFINE_PASSES = 6
 #: Refinement stops once a pass takes less than this fraction of the cut away
 #: (later passes on a 2 M-node graph moved 50 k nodes each for ~0.1 % of the cut).
@@ -105,8 +108,9 @@ class Graph:
         """int32: a node weight counts fine nodes, and N < 2**31 (checked on entry)."""
         return np.ones(self.num_nodes, np.int32) if self.vweights is None else np.asarray(self.vweights, np.int32)
 
-    def blocks(self):
-        """Yield ``(first_row, ptr, cols, weights)`` in id order; ptr is relative to cols."""
+    def blocks(self, weights: bool = True):
+        """Yield ``(first_row, ptr, cols, weights)`` in id order; ptr is relative to cols
+        (``weights`` None when not asked for)."""
         n, block_entries = self.num_nodes, self.block_entries
         row = 0
         ones = np.ones(0, np.int64)  # unit weights, allocated once (fresh pages per block cost ~4 % of a run)
@@ -116,7 +120,9 @@ class Graph:
             stop = min(max(stop, row + 1), n)
             ptr = np.asarray(self.indptr[row:stop + 1], dtype=np.int64) - start
             cols = np.asarray(self.indices[start:start + ptr[-1]])
-            if self.eweights is None:
+            if not weights:
+                w = None
+            elif self.eweights is None:
                 if ones.size < cols.size:
                     ones = np.ones(max(cols.size, block_entries), np.int64)
                 w = ones[:cols.size]
@@ -163,7 +169,7 @@ def cluster(g: Graph, max_weight: int, progress: bool, desc: str) -> tuple[np.nd
                     touched = np.empty(cols.size, np.int64)
                 moved += K.cluster_block(row, ptr, cols, w, vw, label, cweight, max_weight, conn, touched)
                 bar.update(len(ptr) - 1)
-        if moved < n * 0.001:
+        if moved < n * _CLUSTER_MIN_MOVED:
             break
     deg = np.diff(np.asarray(g.indptr))
     K.pack_isolated(np.flatnonzero(deg == 0), vw, label, cweight, max_weight)
@@ -177,8 +183,8 @@ def contract(g: Graph, cmap: np.ndarray, num_coarse: int, out: Path, budget: int
     """Build the coarse graph of ``cmap`` under ``out`` via on-disk row-range buckets.
 
     Each fine block is merged into coarse ``(row, col, weight)`` triples in RAM
-    (numba, dense slot arrays instead of ``np.unique``'s sorts: 11 s -> ~2 s on
-    40 M entries) and appended to the bucket of its row range; each bucket is then
+    (numba, dense slot arrays instead of ``np.unique``'s sorts, which took 11 s of
+    a 40 M-entry level; now ~4 s) and appended to the bucket of its row range; each bucket is then
     sorted by (row, col) with two counting passes and its repeats summed, so the
     coarse CSR is canonical whatever the block and bucket sizes were.
     """

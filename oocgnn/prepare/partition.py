@@ -137,7 +137,8 @@ def edge_cut_fraction(indptr: np.ndarray, indices: np.ndarray, part: np.ndarray,
     from oocgnn.prepare.multilevel_kernels import cut_entries
 
     total = int(indptr[-1])
-    cut = sum(cut_entries(row, ptr, cols, part) for row, ptr, cols, _ in Graph(indptr, indices, block_entries=block).blocks())
+    blocks = Graph(indptr, indices, block_entries=block).blocks(weights=False)
+    cut = sum(cut_entries(row, ptr, cols, part) for row, ptr, cols, _ in blocks)
     return cut / total if total else 0.0
 
 

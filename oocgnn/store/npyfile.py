@@ -17,6 +17,7 @@ header.  :func:`create_npy_memmap` makes a new writable table with the same layo
 """
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -28,6 +29,8 @@ from oocgnn.store.checksum import Crc32
 #: bytes before the first data byte of files written from now on: one 4 KiB page
 DATA_ALIGN = 4096
 _HEADER_LEN = DATA_ALIGN  # any shape of up to 3 dims with 20-digit sizes fits in far less
+#: Smallest block :class:`NpyWriter` writes with ``O_DIRECT`` (smaller ones are not worth a flush).
+DIRECT_MIN_BYTES = 1 << 20
 
 
 def npy_header(shape: tuple[int, ...], dtype: np.dtype, total_len: int = _HEADER_LEN) -> bytes:
@@ -50,30 +53,72 @@ class NpyWriter:
     [0, 1, 2, 3, 4]
     """
 
-    def __init__(self, path: str | Path, dtype, row_shape: tuple[int, ...] = ()) -> None:
+    def __init__(self, path: str | Path, dtype, row_shape: tuple[int, ...] = (), *, direct: bool = False) -> None:
+        """``direct``: write page-aligned blocks of at least :data:`DIRECT_MIN_BYTES` with
+        ``O_DIRECT``, past the page cache (see :mod:`oocgnn.utils.buffers`); other bytes,
+        and every byte where the filesystem refuses ``O_DIRECT``, go through it as usual."""
         self.path = Path(path)
         self.dtype = np.dtype(dtype)
         self.row_shape = tuple(row_shape)
         self.rows = 0
         self.crc = Crc32()
+        self.direct_bytes = 0  #: data bytes written with O_DIRECT
         self.tmp = self.path.with_name(f".{self.path.name}.partial")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._f = open(self.tmp, "wb")
         self._f.write(b"\0" * _HEADER_LEN)
+        self._offset = _HEADER_LEN
+        self._direct_fd: int | None = None
+        if direct and hasattr(os, "O_DIRECT"):
+            try:
+                self._direct_fd = os.open(self.tmp, os.O_WRONLY | os.O_DIRECT)
+            except OSError:  # tmpfs and some network filesystems: buffered writes only
+                self._direct_fd = None
 
     def append(self, block: np.ndarray) -> None:
         block = np.ascontiguousarray(block, dtype=self.dtype)
         if block.shape[1:] != self.row_shape:
             raise ValueError(f"block rows of shape {block.shape[1:]} != {self.row_shape}")
+        data = memoryview(block).cast("B")
         try:
-            self._f.write(memoryview(block).cast("B"))
+            aligned = self._direct_prefix(block, len(data))
+            if aligned:
+                self._pwrite_direct(data[:aligned])
+                self._f.seek(self._offset)  # buffered bytes still pending keep their own offsets
+            if aligned < len(data):
+                self._f.write(data[aligned:])
+                self._offset += len(data) - aligned
         except OSError as exc:
             raise translate_os_error(exc, self.path, "writing") from exc
         self.crc.update(block)
         self.rows += block.shape[0]
 
+    def _direct_prefix(self, block: np.ndarray, nbytes: int) -> int:
+        """Bytes of ``block`` that may be written with O_DIRECT now (0 if none)."""
+        if (self._direct_fd is None or nbytes < DIRECT_MIN_BYTES or self._offset % DATA_ALIGN
+                or block.ctypes.data % DATA_ALIGN):
+            return 0
+        return nbytes - nbytes % DATA_ALIGN
+
+    def _pwrite_direct(self, data: memoryview) -> None:
+        done = 0
+        while done < len(data):
+            try:
+                done += os.pwrite(self._direct_fd, data[done:], self._offset + done)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                os.close(self._direct_fd)  # refused after all: the rest goes through the page cache
+                self._direct_fd = None
+                self._f.seek(self._offset + done)
+                self._f.write(data[done:])
+                break
+        self.direct_bytes += done
+        self._offset += len(data)
+
     def close(self) -> str:
         """Finalise header, fsync, rename into place; returns the data checksum."""
+        self._close_direct()
         try:
             self._f.seek(0)
             self._f.write(npy_header((self.rows, *self.row_shape), self.dtype))
@@ -85,7 +130,13 @@ class NpyWriter:
             raise translate_os_error(exc, self.path, "writing") from exc
         return self.crc.hexdigest()
 
+    def _close_direct(self) -> None:
+        if self._direct_fd is not None:
+            os.close(self._direct_fd)
+            self._direct_fd = None
+
     def abort(self) -> None:
+        self._close_direct()
         if not self._f.closed:
             self._f.close()
         self.tmp.unlink(missing_ok=True)

@@ -37,7 +37,7 @@ from typing import IO, Iterator
 import numpy as np
 
 from oocgnn.errors import InputError, InputNotFoundError
-from oocgnn.prepare.readers.inflate import ZipMemberReader
+from oocgnn.prepare.readers.inflate import ZipMemberReader, member_data_offset
 from oocgnn.utils.atomic import atomic_output, atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
@@ -272,6 +272,21 @@ def _spill_identity(path: Path, info: NpyMemberInfo) -> dict:
 
 class SpillCancelled(Exception):
     """A background spill was told to stop (its temp file is removed)."""
+
+
+def stored_data_offset(path: str | os.PathLike, member: str) -> tuple[NpyMemberInfo, int | None]:
+    """The member's header, and the file offset of its first data byte when it is stored
+    uncompressed in the zip (``np.savez``): then its bytes can be read in place, and a
+    spill would only copy them.  ``None`` for a DEFLATE-compressed member."""
+    path = Path(path)
+    with NpyStream(path, member) as s:
+        info = s.info
+    with zipfile.ZipFile(path) as zf:
+        zinfo = zf.getinfo(member if member.endswith(".npy") else member + ".npy")
+    if zinfo.compress_type != zipfile.ZIP_STORED:
+        return info, None
+    with open(path, "rb") as f:
+        return info, member_data_offset(f, zinfo) + info.data_offset
 
 
 def spill_to_raw(path: str | os.PathLike, member: str | None, dest: str | os.PathLike,

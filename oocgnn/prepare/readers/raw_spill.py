@@ -17,6 +17,8 @@ and every later pass reads that:
 
 The cost is disk: the spills are as large as the uncompressed members (83 GB for
 papers100M), in the build's scratch folder, deleted when the store is finished.
+A member stored without compression (``np.savez``) needs no spill: its bytes are
+read in place at their offset in the archive.
 
 Raw files are read with ``pread`` into fresh arrays, not memory-mapped: mapped
 page-cache pages would count against the process's RSS and the budget.
@@ -87,9 +89,10 @@ def _pread_into(fd: int, arr: np.ndarray, offset: int, path: Path) -> None:
         got += n
 
 
-def iter_raw_edge_blocks(path: str | os.PathLike, info: NpyMemberInfo,
-                         block_edges: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """``(src, dst)`` int64 blocks of a spilled ``(2, E)`` array, in either memory order."""
+def iter_raw_edge_blocks(path: str | os.PathLike, info: NpyMemberInfo, block_edges: int,
+                         base: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(src, dst)`` int64 blocks of a spilled ``(2, E)`` array, in either memory order,
+    whose data start at byte ``base`` of ``path`` (a stored zip member is read in place)."""
     path = Path(path)
     num_edges, item = info.shape[1], info.dtype.itemsize
     fd = os.open(path, os.O_RDONLY)
@@ -98,19 +101,20 @@ def iter_raw_edge_blocks(path: str | os.PathLike, info: NpyMemberInfo,
             k = min(block_edges, num_edges - start)
             if info.fortran_order:  # interleaved (src, dst) pairs
                 pairs = np.empty((k, 2), dtype=info.dtype)
-                _pread_into(fd, pairs, 2 * start * item, path)
+                _pread_into(fd, pairs, base + 2 * start * item, path)
                 yield pairs[:, 0].astype(np.int64), pairs[:, 1].astype(np.int64)
             else:  # all sources, then all destinations
                 src, dst = np.empty(k, dtype=info.dtype), np.empty(k, dtype=info.dtype)
-                _pread_into(fd, src, start * item, path)
-                _pread_into(fd, dst, (num_edges + start) * item, path)
+                _pread_into(fd, src, base + start * item, path)
+                _pread_into(fd, dst, base + (num_edges + start) * item, path)
                 yield src.astype(np.int64, copy=False), dst.astype(np.int64, copy=False)
     finally:
         os.close(fd)
 
 
-def iter_raw_row_blocks(path: str | os.PathLike, info: NpyMemberInfo, block_rows: int) -> Iterator[np.ndarray]:
-    """Consecutive row blocks ``[b, *shape[1:]]`` of a spilled C-ordered array."""
+def iter_raw_row_blocks(path: str | os.PathLike, info: NpyMemberInfo, block_rows: int,
+                        base: int = 0) -> Iterator[np.ndarray]:
+    """Consecutive row blocks ``[b, *shape[1:]]`` of a spilled C-ordered array whose data start at byte ``base``."""
     if info.fortran_order:
         raise RuntimeError(f"{info.label} is Fortran-ordered: read its spill with iter_row_blocks(spill_path=...)")
     path = Path(path)
@@ -120,7 +124,7 @@ def iter_raw_row_blocks(path: str | os.PathLike, info: NpyMemberInfo, block_rows
     try:
         for start in range(0, rows, block_rows):
             block = np.empty((min(block_rows, rows - start), *row_shape), dtype=info.dtype)
-            _pread_into(fd, block, start * row_bytes, path)
+            _pread_into(fd, block, base + start * row_bytes, path)
             yield block
     finally:
         os.close(fd)

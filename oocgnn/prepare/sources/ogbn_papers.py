@@ -31,7 +31,7 @@ import numpy as np
 
 from oocgnn.errors import InputError, InputNotFoundError
 from oocgnn.prepare.readers.npy_stream import (iter_edge_blocks, iter_flat_blocks, iter_row_blocks,
-                                  read_npy_info, read_small_array, spill_to_raw)
+                                  read_npy_info, read_small_array, spill_to_raw, stored_data_offset)
 from oocgnn.prepare.readers.raw_spill import BackgroundSpill, iter_raw_edge_blocks, iter_raw_row_blocks
 from oocgnn.prepare.readers.torch_zip import load_torch_pickle
 from oocgnn.prepare.source import SourceInfo
@@ -111,7 +111,8 @@ class Papers100MSource:
         self.split_dir = self.dir / "split" / "time"
         self._spill_path: Path | None = None          #: node_feat's raw spill
         self._feat_spill: BackgroundSpill | None = None
-        self._edge_spill_path: Path | None = None     #: edge_index's raw spill
+        #: (file, offset) of each raw array: a spill at 0, or a stored member of data.npz in place
+        self._raw_at: dict[str, tuple[Path, int]] = {}
         #: features are re-read at disk speed once spilled: the feature stage may then make two passes
         self.cheap_feature_rereads = False
 
@@ -175,7 +176,8 @@ class Papers100MSource:
 
     # -- streaming ---------------------------------------------------------------
     def prepare_scratch(self, workdir: Path) -> None:
-        """Spill ``node_feat`` (background thread) and ``edge_index`` (this thread) to raw files.
+        """Spill ``node_feat`` (background thread) and ``edge_index`` (this thread) to raw files,
+        unless a member is stored uncompressed (``np.savez``): that one is read in place.
 
         Resumable: a spill whose ``.done`` marker matches the input is reused.
         """
@@ -183,16 +185,25 @@ class Papers100MSource:
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         self.close()
-        order = "F" if shapes["feat"].fortran_order else "C"
-        self._spill_path = workdir / f"papers100M_node_feat.{order}.raw"
-        self._feat_spill = BackgroundSpill(self.data_path, "node_feat", self._spill_path)
-        try:
-            edge_path = workdir / "papers100M_edge_index.raw"
-            spill_to_raw(self.data_path, "edge_index", edge_path)
-        except BaseException:
-            self.close()
-            raise
-        self._edge_spill_path = edge_path
+        self._raw_at = {}
+        for member in ("node_feat", "edge_index"):  # an np.savez archive: read in place, no copy
+            _, offset = stored_data_offset(self.data_path, member)
+            if offset is not None and not (member == "node_feat" and shapes["feat"].fortran_order):
+                self._raw_at[member] = (self.data_path, offset)
+        if "node_feat" not in self._raw_at:
+            order = "F" if shapes["feat"].fortran_order else "C"
+            self._spill_path = workdir / f"papers100M_node_feat.{order}.raw"
+            self._feat_spill = BackgroundSpill(self.data_path, "node_feat", self._spill_path)
+            if order == "C":
+                self._raw_at["node_feat"] = (self._spill_path, 0)
+        if "edge_index" not in self._raw_at:
+            try:
+                edge_path = workdir / "papers100M_edge_index.raw"
+                spill_to_raw(self.data_path, "edge_index", edge_path)
+            except BaseException:
+                self.close()
+                raise
+            self._raw_at["edge_index"] = (edge_path, 0)
         self.cheap_feature_rereads = True
 
     def close(self) -> None:
@@ -204,8 +215,9 @@ class Papers100MSource:
 
     def iter_edges(self, block_edges: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         edges = self._shapes["edges"]  # validate before streaming
-        if self._edge_spill_path is not None:
-            for block in iter_raw_edge_blocks(self._edge_spill_path, edges, block_edges):
+        if "edge_index" in self._raw_at:
+            path, base = self._raw_at["edge_index"]
+            for block in iter_raw_edge_blocks(path, edges, block_edges, base):
                 if self._feat_spill is not None:  # a corrupt node_feat stops the build now, not after the CSR
                     self._feat_spill.raise_if_failed()
                 yield block
@@ -214,16 +226,17 @@ class Papers100MSource:
 
     def iter_features(self, block_rows: int) -> Iterator[np.ndarray]:
         feat = self._shapes["feat"]
-        if self._feat_spill is None:
-            if feat.fortran_order:
-                raise RuntimeError("node_feat is Fortran-ordered: call prepare_scratch(workdir) first")
-            yield from iter_row_blocks(self.data_path, "node_feat", block_rows)
-            return
-        self._feat_spill.wait()
-        if feat.fortran_order:
+        if self._feat_spill is not None:
+            self._feat_spill.wait()
+        if "node_feat" in self._raw_at:
+            path, base = self._raw_at["node_feat"]
+            yield from iter_raw_row_blocks(path, feat, block_rows, base)
+        elif self._feat_spill is not None:  # Fortran-ordered: transposed from its spill
             yield from iter_row_blocks(self.data_path, "node_feat", block_rows, spill_path=self._spill_path)
+        elif feat.fortran_order:
+            raise RuntimeError("node_feat is Fortran-ordered: call prepare_scratch(workdir) first")
         else:
-            yield from iter_raw_row_blocks(self._spill_path, feat, block_rows)
+            yield from iter_row_blocks(self.data_path, "node_feat", block_rows)
 
     def labels(self) -> np.ndarray:
         """[N] int64, -1 for NaN rows; the float column is streamed, never held whole."""

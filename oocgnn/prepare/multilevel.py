@@ -37,7 +37,6 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,9 +44,9 @@ from tqdm.auto import tqdm
 
 from oocgnn.errors import ConfigError
 from oocgnn.prepare import multilevel_kernels as K
+from oocgnn.prepare.multilevel_graph import BLOCK_ENTRIES, Graph, load_level, metis_fits, save_array
 from oocgnn.store.npyfile import NpyWriter
-from oocgnn.utils.atomic import atomic_output, atomic_write_json, read_json
-from oocgnn.utils.mapped import release_pages
+from oocgnn.utils.atomic import atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +73,8 @@ _REFINE_MIN_GAIN = 0.002
 _MAX_LEVELS = 24
 #: A level that shrinks the graph by less than this lets clusters grow 2x.
 _MIN_SHRINK = 0.9
-#: Most and fewest CSR entries per streamed block, and what one costs in RAM while
-#: a block is contracted (ids, coarse ids, keys, unique's sort and inverse, weights).
-_BLOCK_ENTRIES = 1 << 22
+#: Fewest CSR entries per streamed block, and what one costs in RAM while a block
+#: is contracted (ids, weights, coarse triples and their grouping scratch).
 _MIN_BLOCK_ENTRIES = 1 << 16
 _BYTES_PER_BLOCK_ENTRY = 96
 #: RAM per key while a contraction bucket is aggregated (keys, weights, unique, inverse).
@@ -84,72 +82,6 @@ _BYTES_PER_KEY = 64
 #: Fewest keys per bucket (tests lower it to exercise many buckets).
 _MIN_BUCKET_KEYS = 1 << 20
 _METIS_UFACTOR = 30
-
-
-@dataclass
-class Graph:
-    """One level: a symmetric CSR with optional weights (None = all ones)."""
-
-    indptr: np.ndarray
-    indices: np.ndarray
-    eweights: np.ndarray | None = None
-    vweights: np.ndarray | None = None
-    block_entries: int = _BLOCK_ENTRIES   #: CSR entries per streamed block (sized from the budget)
-
-    @property
-    def num_nodes(self) -> int:
-        return len(self.indptr) - 1
-
-    @property
-    def num_entries(self) -> int:
-        return int(self.indptr[-1])
-
-    def node_weights(self) -> np.ndarray:
-        """int32: a node weight counts fine nodes, and N < 2**31 (checked on entry)."""
-        return np.ones(self.num_nodes, np.int32) if self.vweights is None else np.asarray(self.vweights, np.int32)
-
-    def blocks(self, weights: bool = True):
-        """Yield ``(first_row, ptr, cols, weights)`` in id order; ptr is relative to cols
-        (``weights`` None when not asked for)."""
-        n, block_entries = self.num_nodes, self.block_entries
-        row = 0
-        ones = np.ones(0, np.int64)  # unit weights, allocated once (fresh pages per block cost ~4 % of a run)
-        while row < n:
-            start = int(self.indptr[row])
-            stop = int(np.searchsorted(self.indptr, start + block_entries, side="right")) - 1
-            stop = min(max(stop, row + 1), n)
-            ptr = np.asarray(self.indptr[row:stop + 1], dtype=np.int64) - start
-            cols = np.asarray(self.indices[start:start + ptr[-1]])
-            if not weights:
-                w = None
-            elif self.eweights is None:
-                if ones.size < cols.size:
-                    ones = np.ones(max(cols.size, block_entries), np.int64)
-                w = ones[:cols.size]
-            else:
-                w = np.asarray(self.eweights[start:start + ptr[-1]], dtype=np.int64)
-            for a in (self.indices, self.eweights):
-                if a is not None:
-                    release_pages(a)
-            yield row, ptr, cols, w
-            row = stop
-
-
-def _load_level(d: Path, block_entries: int) -> Graph:
-    return Graph(np.load(d / "indptr.npy", mmap_mode="r"), np.load(d / "indices.npy", mmap_mode="r"),
-                 np.load(d / "eweights.npy", mmap_mode="r"), np.load(d / "vweights.npy"), block_entries)
-
-
-def _save_array(path: Path, arr: np.ndarray) -> None:
-    with atomic_output(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, arr)
-
-
-def metis_fits(num_nodes: int, num_entries: int, budget: int) -> bool:
-    from oocgnn.prepare.partition import METIS_BYTES_PER_ENTRY
-
-    return num_entries * METIS_BYTES_PER_ENTRY + num_nodes * 64 <= budget
 
 
 def cluster(g: Graph, max_weight: int, progress: bool, desc: str) -> tuple[np.ndarray, int]:
@@ -256,9 +188,9 @@ def contract(g: Graph, cmap: np.ndarray, num_coarse: int, out: Path, budget: int
     ix_w.close()
     ew_w.close()
     vweights = np.bincount(cmap, weights=g.node_weights(), minlength=num_coarse).astype(np.int32)
-    _save_array(out / "vweights.npy", vweights)
-    _save_array(out / "map.npy", cmap)
-    return _load_level(out, g.block_entries)
+    save_array(out / "vweights.npy", vweights)
+    save_array(out / "map.npy", cmap)
+    return load_level(out, g.block_entries)
 
 
 def initial_partition(g: Graph, num_parts: int, seed: int) -> np.ndarray:
@@ -347,7 +279,7 @@ def multilevel_partition(indptr: np.ndarray, indices: np.ndarray, num_parts: int
         raise ConfigError(f"--memory-budget is too small for the multilevel partitioner on {n:,} nodes: it needs "
                           f"about {need:,} bytes; raise it or use --partitioner ldg")
     block = (memory_budget - BYTES_PER_NODE * n) // _BYTES_PER_BLOCK_ENTRY
-    fine = Graph(indptr, indices, block_entries=int(min(_BLOCK_ENTRIES, max(_MIN_BLOCK_ENTRIES, block))))
+    fine = Graph(indptr, indices, block_entries=int(min(BLOCK_ENTRIES, max(_MIN_BLOCK_ENTRIES, block))))
     tmp = None
     if workdir is None:
         tmp = workdir = Path(tempfile.mkdtemp(prefix="oocgnn-multilevel-"))
@@ -394,7 +326,7 @@ def _run(fine: Graph, num_parts: int, budget: int, seed: int, work: Path, progre
                               f"has {levels[-1].num_entries:,} entries; raise --memory-budget or use --partitioner ldg")
         d = work / f"level{i}"
         if (d / "DONE").exists():
-            g = _load_level(d, fine.block_entries)
+            g = load_level(d, fine.block_entries)
             max_weight = int(read_json(d / "DONE")["max_weight"])
         else:
             shutil.rmtree(d, ignore_errors=True)
@@ -423,7 +355,7 @@ def _run(fine: Graph, num_parts: int, budget: int, seed: int, work: Path, progre
                  levels[top].num_entries)
         part = refine(levels[top], initial_partition(levels[top], num_parts, seed), num_parts, progress,
                       f"level {top}")
-        _save_array(path, part)
+        save_array(path, part)
     for i in range(top - 1, -1, -1):
         path = work / f"part{i}.npy"
         if path.exists():
@@ -431,5 +363,5 @@ def _run(fine: Graph, num_parts: int, budget: int, seed: int, work: Path, progre
             continue
         cmap = np.load(work / f"level{i + 1}" / "map.npy")
         part = refine(levels[i], part[cmap], num_parts, progress, f"level {i}")
-        _save_array(path, part)
+        save_array(path, part)
     return part

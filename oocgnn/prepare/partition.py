@@ -133,7 +133,7 @@ def _ldg_pass(indptr: np.ndarray, indices: np.ndarray, num_parts: int, part: np.
 
 def edge_cut_fraction(indptr: np.ndarray, indices: np.ndarray, part: np.ndarray, block: int = 1 << 22) -> float:
     """Fraction of CSR entries (u, v) with ``part[u] != part[v]``, streamed in row blocks (one numba loop each)."""
-    from oocgnn.prepare.multilevel import Graph
+    from oocgnn.prepare.multilevel_graph import Graph
     from oocgnn.prepare.multilevel_kernels import cut_entries
 
     total = int(indptr[-1])

@@ -94,7 +94,8 @@ class IOConfig:
         _check(0.0 <= self.cache_fraction < 1.0, f"--cache-fraction must be in [0, 1), got {self.cache_fraction}")
         _check(self.io_engine in ("auto", "direct", "pread", "mmap"),
                f"--io-engine {self.io_engine!r}: use auto, direct, pread or mmap")
-        _check(self.stream_inference in ("auto", "on", "off"), f"--stream-inference {self.stream_inference!r}: use auto, on or off")
+        _check(self.stream_inference in ("auto", "on", "scan", "off"),
+               f"--stream-inference {self.stream_inference!r}: use auto, on, scan or off")
         if self.memory_budget not in (None, "", "auto"):
             parse_size(self.memory_budget)
 

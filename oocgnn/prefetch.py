@@ -110,14 +110,18 @@ class BatchLoader:
     ``subgraphs``: the trainer's builder (kept across epochs and sweeps: 8 bytes per
     node); without one the loader makes its own.  ``transpose``: also build each batch's
     transposed adjacency (training batches of models with ``uses_adj_transpose``).
+    ``x_index``: the row of ``x_source`` that holds each node (int32 per node, -1: none;
+    a scanned sweep stages only the rows its group of batches reads: :mod:`oocgnn.train.scan`);
+    None: row ``i`` of ``x_source`` is node ``i``.
     """
 
     def __init__(self, indptr: np.ndarray, indices: np.ndarray, x_source: np.ndarray | HistoryTable,
                  histories: HistorySet | None, hist_tables: list[int], pool: ThreadPoolExecutor | None,
                  io_threads: int = 1, cache: object | None = None, hist_caches: list | None = None,
                  io_engine: str = "auto", subgraphs: SubgraphBuilder | None = None,
-                 transpose: bool = False) -> None:
+                 transpose: bool = False, x_index: np.ndarray | None = None) -> None:
         self.indptr, self.indices = indptr, indices
+        self.x_index = x_index
         self.transpose = transpose
         self.subgraphs = subgraphs if subgraphs is not None else SubgraphBuilder(indptr, indices, io_engine)
         #: per-table HistoryCache (or None), indexed by table; only for loaders whose plan the caches know
@@ -211,7 +215,9 @@ class BatchLoader:
         st.csr_bytes = (B + len(ranges)) * 8 + (int(sub.crow[-1]) - B) * self.indices.dtype.itemsize + (n - B) * 16
         snap = self.histories.snapshot_seq() if self.histories is not None else 0
         x = slot.x(n, self.width)
-        if id(self.x_t) in self._files:
+        if self.x_index is not None:  # a scanned group's staged rows, in RAM: batch and halo rows in one call
+            self._gather(self.x_t, self._staged_index(sub.n_id), x[:n])
+        elif id(self.x_t) in self._files:
             # batch rows of a file: the engine reads their ranges as consecutive pages, 512 KiB
             # requests with 64 in flight; a memmap slice would fault them in one page at a time
             # (the feature memmap is MADV_RANDOM: no read-ahead) and map them into RSS
@@ -227,7 +233,9 @@ class BatchLoader:
         # while it plans pages and copies rows out
         hist_job = self._hist_executor().submit(self._load_hist, halo, slot, n - B) \
             if self.hist_tables and len(halo) else None
-        if self.cache is not None:
+        if self.x_index is not None:
+            st.feature_bytes = 0  # read by the group's ordered pass (counted there)
+        elif self.cache is not None:
             self.cache.gather(halo, x[B:], lambda ids, out: self._gather(self.x_t, ids, out))
             st.feature_bytes = (B + self.cache.last_misses) * self.x_row_bytes
         else:
@@ -235,6 +243,14 @@ class BatchLoader:
             st.feature_bytes = n * self.x_row_bytes
         hist, st.history_bytes = hist_job.result() if hist_job is not None else self._load_hist(halo, slot, n - B)
         return Prepared(sub, slot, x, hist, snap, st)
+
+    def _staged_index(self, n_id: np.ndarray) -> np.ndarray:
+        """Rows of the staged table that hold nodes ``n_id`` (every one must be staged)."""
+        pos = self.x_index[n_id]
+        if len(pos) and int(pos.min()) < 0:
+            raise RuntimeError("a scanned sweep's group did not stage every row its batch reads (a bug: please "
+                               "report it; --stream-inference off gathers instead)")
+        return pos.astype(np.int64)
 
     def _hist_executor(self) -> ThreadPoolExecutor:
         if self._hist_pool is None:

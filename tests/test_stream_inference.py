@@ -75,7 +75,8 @@ def test_auto_streams_when_it_fits_and_gathers_when_not(store, tmp_path, monkeyp
         assert "inference layer 0: features" in caplog.text and "streamed" in caplog.text
         monkeypatch.setattr(stream_mod, "stream_room", lambda trainer, without_caches=False: 100)  # no room: batched gathers
         caplog.clear()
-        with caplog.at_level(logging.INFO, logger="oocgnn.train.stream"):
+        with caplog.at_level(logging.INFO, logger="oocgnn.train.stream"), \
+                caplog.at_level(logging.INFO, logger="oocgnn.train.scan"):
             b = layerwise_inference(tr, refresh=False)
         assert tr.inference_paths == ["gather"] * 3 and "batched gathers from disk" in caplog.text
         assert np.array_equal(a, b)

@@ -111,10 +111,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="load features and keep histories in RAM (baseline for benchmarks; default off)")
     g.add_argument("--io-engine", choices=("auto", "direct", "pread", "mmap"),
                    help="how random feature/history rows are read (default auto: O_DIRECT, else buffered pread)")
-    g.add_argument("--stream-inference", choices=("auto", "on", "off"),
-                   help="layer-wise inference loads each layer's input table (features, then history tables) into "
-                        "RAM with one sequential read instead of gathering halo rows from disk: auto when it fits "
-                        "the memory budget the plan leaves, on, off; results are identical (default auto)")
+    g.add_argument("--stream-inference", choices=("auto", "on", "scan", "off"),
+                   help="how layer-wise inference reads each layer's input table (features, then history tables): "
+                        "on = load it into RAM with one sequential read; scan = one ordered pass over it per group "
+                        "of batches whose rows fit the budget; off = gather every batch's halo rows from disk; "
+                        "auto = on when the table fits the memory the plan leaves, else scan when that reads less "
+                        "than the gathers would, else off. Results are identical (default auto)")
     g = p.add_argument_group("checkpoints and resume (re-running the same command resumes)")
     g.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
                    help="also checkpoint every N optimizer steps (default 0: only epoch ends and the time interval)")

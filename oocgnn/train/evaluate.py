@@ -31,7 +31,9 @@ from tqdm.auto import tqdm
 from oocgnn.batching import fixed_plan, group_ranges
 from oocgnn.history import HistorySet, HistoryTable
 from oocgnn.prefetch import BatchLoader
+from oocgnn.train.scan import plan_scan
 from oocgnn.train.stream import stream_input
+from oocgnn.utils.memory import format_size
 from oocgnn.utils.atomic import atomic_output
 
 log = logging.getLogger(__name__)
@@ -118,39 +120,55 @@ def layerwise_inference(trainer: Any, refresh: bool = True, logits_out: torch.Te
         prev: HistoryTable | None = target.tables[layer - 1] if layer > 0 else None
         # the layer's input table: what its halo rows are read from (GCNII: table l-1, features only for batch rows)
         name = "features" if prev is None else f"history table {layer - 1}"
-        ram, path = stream_input(trainer, trainer.features if prev is None else prev.array, mode, layer, name)
-        trainer.inference_paths.append(path)
+        table = trainer.features if prev is None else prev.array
+        ram, path = stream_input(trainer, table, mode, layer, name)
+        # a table that cannot be streamed: ordered passes per group of batches, or gathers (oocgnn.train.scan)
+        scan = plan_scan(trainer, table, plan, mode, layer, name, scannable=not feat_every) if path == "gather" else None
+        trainer.inference_paths.append("scan" if scan is not None else path)
         if from_features:
             src = ram if (ram is not None and prev is None) else trainer.features
         else:
             src = ram if ram is not None else prev
         prev_t = torch.from_numpy(ram) if (ram is not None and prev is not None) else None
-        cache = _sweep_cache(trainer, src, plan) if path == "gather" else None
-        loader = BatchLoader(trainer.indptr, trainer.indices, src, None, [], trainer.pool, trainer.cfg.io.io_threads,
-                             cache=cache, io_engine=trainer.cfg.io.io_engine, subgraphs=trainer.subgraphs)
-        try:
-            for batch in trainer.prefetcher(plan, loader):
-                x_all = batch.x
-                if layer > 0 and feat_every:
-                    n = len(batch.n_id)
-                    if xbuf is None or xbuf.shape[0] < n or xbuf.shape[1] != prev.channels:
-                        xbuf = torch.empty(max(n, trainer.max_rows), prev.channels)
-                    x_all = (prev.pull(batch.n_id, xbuf) if prev_t is None else _pull(prev_t, batch.n_id, xbuf)
-                             ).to(trainer.device)
-                out = model.forward_layer(layer, x_all, batch)
-                if layer < num_layers - 1:
-                    target.push([out], step=step, ranges=batch.ranges, tables=[layer])
-                else:
-                    rows = batch.n_id[: batch.batch_size]
-                    preds[rows] = out.argmax(dim=-1).cpu().numpy()
-                    if logits_out is not None:
-                        logits_out[torch.from_numpy(rows)] = out.cpu()
-                bar.update(1)
-            target.flush()
-        finally:
-            loader.close()
+        if scan is not None:
+            groups = iter(scan)
+        else:
+            groups = iter([(plan, src, None)])
+        for part, x_src, x_index in groups:
+            cache = _sweep_cache(trainer, x_src, part) if path == "gather" and scan is None else None
+            loader = BatchLoader(trainer.indptr, trainer.indices, x_src, None, [], trainer.pool,
+                                 trainer.cfg.io.io_threads, cache=cache, io_engine=trainer.cfg.io.io_engine,
+                                 subgraphs=trainer.subgraphs, x_index=x_index)
+            try:
+                for batch in trainer.prefetcher(part, loader):
+                    x_all = batch.x
+                    if layer > 0 and feat_every:
+                        n = len(batch.n_id)
+                        if xbuf is None or xbuf.shape[0] < n or xbuf.shape[1] != prev.channels:
+                            xbuf = torch.empty(max(n, trainer.max_rows), prev.channels)
+                        x_all = (prev.pull(batch.n_id, xbuf) if prev_t is None else _pull(prev_t, batch.n_id, xbuf)
+                                 ).to(trainer.device)
+                    out = model.forward_layer(layer, x_all, batch)
+                    if layer < num_layers - 1:
+                        target.push([out], step=step, ranges=batch.ranges, tables=[layer])
+                    else:
+                        rows = batch.n_id[: batch.batch_size]
+                        preds[rows] = out.argmax(dim=-1).cpu().numpy()
+                        if logits_out is not None:
+                            logits_out[torch.from_numpy(rows)] = out.cpu()
+                    bar.update(1)
+            finally:
+                loader.close()
+            # a group's staged rows go before the next group reads its own: the last batch holds its
+            # prefetcher (early release), which holds the loader and the rows
+            batch = x_all = out = None
+            del loader, x_src, x_index
+        target.flush()
+        if scan is not None:
+            log.info("inference layer %d: %d ordered passes read %s in %.1f s (%s/s)", layer, scan.groups,
+                     format_size(scan.bytes_read), scan.read_s, format_size(scan.bytes_read / max(scan.read_s, 1e-9)))
         # drop the RAM copy before the next layer loads its own (two never coexist)
-        del loader, src, prev_t, ram
+        del src, prev_t, ram, scan, groups
     bar.close()
     return preds
 

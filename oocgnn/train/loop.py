@@ -148,7 +148,7 @@ class Trainer:
         self.hist_caches: list | None = None  # per-table history caches (same attach)
         self.last_stats = IOStats()
         self.last_grad_norm: float | None = None  #: gradient norm before clipping at the last step
-        #: per layer of the last layer-wise inference: "stream", "gather" or "ram" (oocgnn.train.stream)
+        #: per layer of the last layer-wise inference: "stream", "scan", "gather" or "ram" (oocgnn.train.stream)
         self.inference_paths: list[str] = []
 
     @property
@@ -159,6 +159,7 @@ class Trainer:
     # ------------------------------------------------------------ staging ring
     def _build_ring(self) -> None:
         halo = partition_halo_sizes(self.indptr, self.indices, self.partition_ptr, self.cfg.io.io_engine)
+        self.partition_halo = halo  #: halo size of each partition (scanned sweeps estimate gathers from it)
         self.max_rows, self.max_halo = ring_rows_bound(self.partition_ptr, halo, self.cfg.train.parts_per_batch)
         width = max([self.ds.num_features, *self.model.history_channels])
         pin = self.device.type == "cuda"

@@ -28,8 +28,9 @@ when a table fits only without them, ``auto`` frees the caches
 again and they refill as it reads (the billion-edge store at fp16: 6.4 GB tables, a 12 GB
 budget, 4.8 GB of caches).
 
-``--stream-inference on|off`` forces the choice (tests, benchmarks); ``auto`` decides
-per layer.  Sources already in RAM (history tables without a run dir or with
+A table that fits neither way may instead be read in ordered passes, one per group of
+batches (:mod:`oocgnn.train.scan`). ``--stream-inference on|scan|off`` forces streaming,
+scanning or gathers (tests, benchmarks); ``auto`` decides per layer.  Sources already in RAM (history tables without a run dir or with
 ``--in-memory``) are indexed directly and never copied.  (``--in-memory`` features
 are ``np.ascontiguousarray`` of the store memmap, which is a view of the file, not a
 copy; they count as file-backed here.)
@@ -50,7 +51,7 @@ from oocgnn.utils.memory import current_anon_rss, format_size, trim_heap
 
 log = logging.getLogger(__name__)
 
-MODES = ("auto", "on", "off")
+MODES = ("auto", "on", "scan", "off")
 #: an in-RAM input table may take at most this share of --memory-budget (the rest of the
 #: reservation below already counts every other allocation, twice where unsure)
 STREAM_MAX_SHARE = 0.75
@@ -92,11 +93,11 @@ def stream_room(trainer: Any, without_caches: bool = False) -> int:
 def choose(trainer: Any, array: np.ndarray, mode: str) -> tuple[bool, str]:
     """Whether to load file-backed ``array`` into RAM for a sweep, and why (for the log)."""
     if mode not in MODES:
-        raise ConfigError(f"--stream-inference {mode!r}: use auto, on or off")
+        raise ConfigError(f"--stream-inference {mode!r}: use auto, on, scan or off")
     if file_region(array) is None:
         return False, "already in RAM"
-    if mode == "off":
-        return False, "--stream-inference off"
+    if mode in ("off", "scan"):
+        return False, f"--stream-inference {mode}"
     room = stream_room(trainer)
     if mode == "on":
         if array.nbytes > room:
@@ -162,8 +163,8 @@ def load_table(array: np.ndarray, chunk_bytes: int = READ_CHUNK_BYTES) -> np.nda
 def stream_input(trainer: Any, array: np.ndarray, mode: str, layer: int, name: str) -> tuple[np.ndarray | None, str]:
     """``(RAM copy of array or None, path)`` for sweep ``layer``; logs the path taken.
 
-    ``path`` is ``"stream"`` (loaded now), ``"gather"`` (batched gathers from the
-    file) or ``"ram"`` (the source already lives in RAM).
+    ``path`` is ``"stream"`` (loaded now), ``"gather"`` (not loaded: batched gathers
+    from the file, or a scan) or ``"ram"`` (the source already lives in RAM).
     """
     trim_heap()  # the room is measured from RssAnon: free heap the last sweep left behind first
     stream, why = choose(trainer, array, mode)
@@ -171,7 +172,7 @@ def stream_input(trainer: Any, array: np.ndarray, mode: str, layer: int, name: s
     if not stream:
         path = "ram" if why == "already in RAM" else "gather"
         log.info("inference layer %d: %s (%s) %s (%s)", layer, name, size,
-                 "indexed in RAM" if path == "ram" else "batched gathers from disk", why)
+                 "indexed in RAM" if path == "ram" else "not loaded into RAM", why)
         return None, path
     t0 = time.perf_counter()
     ram = load_table(array)

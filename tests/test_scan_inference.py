@@ -135,6 +135,10 @@ def test_auto_scans_a_table_that_cannot_stream_when_it_reads_less(store, tmp_pat
         with caplog.at_level(logging.INFO, logger="oocgnn.train.scan"):
             b = layerwise_inference(tr, refresh=False)
         assert tr.inference_paths == ["gather"] * 3 and "batched gathers from disk" in caplog.text
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="oocgnn.train.scan"):
+            assert np.array_equal(layerwise_inference(tr, refresh=False, stream="scan"), ref)  # forced: warned
+        assert tr.inference_paths == ["scan"] * 3 and "may exceed --memory-budget" in caplog.text
         monkeypatch.setattr(scan_mod, "RANDOM_READS_PER_S", 10**15)  # gathers estimated free: auto gathers
         c = layerwise_inference(tr, refresh=False)
         assert tr.inference_paths == ["gather"] * 3

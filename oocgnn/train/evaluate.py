@@ -13,9 +13,11 @@ never ``[N, C]`` logits.
 
 Each sweep's input table (features for ``l = 0``, table ``l-1`` after) is either
 loaded into RAM once and indexed there (streaming, when it fits the budget the
-memory plan leaves: :mod:`oocgnn.train.stream`) or gathered batch by batch from
-disk; ``--stream-inference`` forces one or the other, and results are bitwise the
-same.  The path each layer took is logged and kept in ``trainer.inference_paths``.
+memory plan leaves: :mod:`oocgnn.train.stream`), read in ordered passes, one per
+group of batches whose rows fit that room (:mod:`oocgnn.train.scan`), or gathered
+batch by batch from disk; ``--stream-inference`` forces one of them, and results are
+bitwise the same.  The path each layer took is logged and kept in
+``trainer.inference_paths``.
 """
 from __future__ import annotations
 
@@ -130,10 +132,7 @@ def layerwise_inference(trainer: Any, refresh: bool = True, logits_out: torch.Te
         else:
             src = ram if ram is not None else prev
         prev_t = torch.from_numpy(ram) if (ram is not None and prev is not None) else None
-        if scan is not None:
-            groups = iter(scan)
-        else:
-            groups = iter([(plan, src, None)])
+        groups = iter(scan) if scan is not None else iter([(plan, src, None)])  # (batches, x source, x index)
         for part, x_src, x_index in groups:
             cache = _sweep_cache(trainer, x_src, part) if path == "gather" and scan is None else None
             loader = BatchLoader(trainer.indptr, trainer.indices, x_src, None, [], trainer.pool,

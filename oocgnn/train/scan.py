@@ -7,8 +7,9 @@ table does not fit the room a streamed sweep (:mod:`oocgnn.train.stream`) needs.
 scanned sweep groups consecutive batches of the plan while the rows they read (their own
 rows and their halos, as a set) fit the room the memory plan leaves, reads that set in one
 ordered pass over the table (:func:`oocgnn.io.scan.scan_rows`, sequential bandwidth, gaps
-longer than a read skipped), and lets the loader index it in RAM. Groups of ~20 batches
-there read the table ~12 times in sequence per layer instead.
+longer than a read skipped), and lets the loader index it in RAM. There, groups of ~41
+batches read the table 7 times in sequence per layer instead (`oocgnn eval` 5.3 min vs a
+25 min gathered sweep; ``benchmarks/RESULTS.md``).
 
 ``auto`` scans when the table cannot be streamed and :func:`scan_seconds` is below
 :func:`gather_seconds` (both from the disk figures below); ``--stream-inference scan``
@@ -237,6 +238,9 @@ def plan_scan(trainer: Any, table: np.ndarray, plan: list[Ranges], mode: str, la
                  layer, name, format_size(table.nbytes), gather_s, passes, scan_s,
                  "" if fits else f"; one batch reads more rows than the {max_rows} the room holds")
         return None
+    if not fits:
+        log.warning("--stream-inference scan: one batch reads %d rows of %s, more than the %d the memory plan leaves "
+                    "room for; the peak may exceed --memory-budget", len(first.rows), name, max_rows)
     freed = release_row_caches(trainer)
     if freed:
         trim_heap(collect=True)

@@ -15,7 +15,9 @@ so rows equal a numpy gather bitwise.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+from typing import Iterator
 
 import numpy as np
 
@@ -48,32 +50,43 @@ def scan_rows(array: np.ndarray, ids: np.ndarray, out: np.ndarray, chunk_bytes: 
     row_bytes = array.shape[1] * array.dtype.itemsize
     span_rows = max(1, chunk_bytes // row_bytes)
     buf = np.empty(span_rows * row_bytes, dtype=np.uint8)
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    except OSError as exc:
-        raise ReadError(f"cannot open {path} for reading: {exc.strerror}; check the path and its permissions") from exc
     read = 0
-    try:
-        if hasattr(os, "posix_fadvise"):
-            os.posix_fadvise(fd, offset, array.shape[0] * row_bytes, os.POSIX_FADV_SEQUENTIAL)
+    with open_sequential(path, offset, array.shape[0] * row_bytes) as fd:
         k = 0
         while k < n:
             first = int(ids[k])
             j = k + int(np.searchsorted(ids[k:min(n, k + span_rows)], first + span_rows, side="left"))
             last = int(ids[j - 1])
             nbytes = (last + 1 - first) * row_bytes
-            _read_exactly(fd, path, buf[:nbytes], offset + first * row_bytes, array.shape[0])
+            read_exactly(fd, path, buf[:nbytes], offset + first * row_bytes, array.shape[0])
             rows = buf[:nbytes].view(array.dtype).reshape(last + 1 - first, array.shape[1])
             np.take(rows, ids[k:j] - first, axis=0, out=out[k:j])
             read += nbytes
             k = j
-    finally:
-        os.close(fd)
     return read
 
 
-def _read_exactly(fd: int, path: str, dst: np.ndarray, pos: int, nrows: int) -> None:
-    """Fill ``dst`` from file offset ``pos``; a short read or an I/O error is one line naming the file."""
+@contextlib.contextmanager
+def open_sequential(path: str, offset: int, nbytes: int) -> Iterator[int]:
+    """A read-only descriptor of ``path`` advised for a sequential read of ``nbytes`` from ``offset``."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise ReadError(f"cannot open {path} for reading: {exc.strerror}; check the path and its permissions") from exc
+    try:
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(fd, offset, nbytes, os.POSIX_FADV_SEQUENTIAL)
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def read_exactly(fd: int, path: str, dst: np.ndarray, pos: int, nrows: int) -> None:
+    """Fill ``dst`` (bytes) from offset ``pos`` of open file ``path`` holding ``nrows`` rows.
+
+    A short read or an I/O error is one line naming the file (shared by every buffered
+    sequential read of a table: this module and :func:`oocgnn.train.stream.load_table`).
+    """
     done = 0
     while done < len(dst):
         try:

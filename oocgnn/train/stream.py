@@ -38,15 +38,15 @@ copy; they count as file-backed here.)
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Any
 
 import numpy as np
 
 from oocgnn.cache import release_row_caches, row_caches
-from oocgnn.errors import ConfigError, ReadError
+from oocgnn.errors import ConfigError
 from oocgnn.io import file_region
+from oocgnn.io.scan import open_sequential, read_exactly
 from oocgnn.utils.memory import current_anon_rss, format_size, trim_heap
 
 log = logging.getLogger(__name__)
@@ -136,27 +136,9 @@ def load_table(array: np.ndarray, chunk_bytes: int = READ_CHUNK_BYTES) -> np.nda
     path, offset = region
     dst = out.reshape(-1).view(np.uint8)
     total = dst.nbytes
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    except OSError as exc:
-        raise ReadError(f"cannot open {path} for reading: {exc.strerror}; check the path and its permissions") from exc
-    try:
-        if hasattr(os, "posix_fadvise"):
-            os.posix_fadvise(fd, offset, total, os.POSIX_FADV_SEQUENTIAL)
-        pos = 0
-        while pos < total:
-            want = min(chunk_bytes, total - pos)
-            try:
-                got = os.preadv(fd, [memoryview(dst[pos:pos + want])], offset + pos)
-            except OSError as exc:
-                raise ReadError(f"reading {path} failed at offset {offset + pos}: {exc.strerror}; check the disk "
-                                f"(dmesg) and restore the file") from exc
-            if got == 0:
-                raise ReadError(f"short read of {path}: {pos} of {total} bytes from offset {offset} (the file ends "
-                                f"before its {array.shape[0]} rows: truncated? restore or re-create it)")
-            pos += got
-    finally:
-        os.close(fd)
+    with open_sequential(path, offset, total) as fd:
+        for pos in range(0, total, chunk_bytes):
+            read_exactly(fd, path, dst[pos:pos + chunk_bytes], offset + pos, array.shape[0])
     return out
 
 

@@ -6,7 +6,10 @@ Each configuration runs in its own process.  The out-of-core run is moved into a
 child memory cgroup (cgroup v1, see shared/design/machine-facts.md) whose limit
 is smaller than features + histories, so page cache cannot hold them; without
 permission to create it the run falls back to dropping caches before starting
-(documented in the JSON as ``cgroup: false``).  Prints a table and writes
+(documented in the JSON as ``cgroup: false``).  ``reads`` runs the out-of-core
+configuration's loader alone through one epoch plan (no model step, same cgroup): the
+time the epoch's reads take by themselves, so ``reads_vs_ram_epoch_ratio`` says how
+far the out-of-core epoch could drop however well reads overlap compute.  Prints a table and writes
 ``benchmarks/out/bench_epoch.json``.  Create the store first, e.g.
 ``oocgnn prepare synthetic --nodes 400000 --edges 4000000 --features 128 --partitions 100 --out /tmp/bench_syn``.
 
@@ -16,7 +19,7 @@ per batch, since one batch of 2 of the default 10 parts needs 8.8 GB)::
     oocgnn prepare synthetic --nodes 2000000 --edges 20000000 --features 128 --partitions 200 \
         --partitioner metis --out /tmp/syn2m_p200
     python benchmarks/bench_epoch.py --store /tmp/syn2m_p200 --epochs 1 --layers 2 --hidden 128 \
-        --parts-per-batch 2 --budget 1500MB --cgroup-limit 1.9GB --skip-pyg --only ooc ram
+        --parts-per-batch 2 --budget 1500MB --cgroup-limit 1.9GB --skip-pyg --only ooc reads ram
 """
 from __future__ import annotations
 
@@ -88,6 +91,11 @@ def worker(spec: dict) -> dict:
                                 history_dtype=spec.get("history_dtype", "float32")),
                     eval=EvalConfig(eval_every=spec["epochs"]))
     run_dir = Path(tempfile.mkdtemp(prefix="bench_epoch_", dir=spec["tmp"]))
+    if spec["mode"] == "reads":
+        try:
+            return read_floor(ds, cfg, run_dir)
+        finally:
+            shutil.rmtree(run_dir, ignore_errors=True)
     try:
         tr = make_trainer(ds, cfg, run_dir)
         records = []
@@ -109,6 +117,42 @@ def worker(spec: dict) -> dict:
             "patched_rows": sum(r["patched_from_pending"] + r["patched_from_table"] for r in last),
             "cache_hit_rate": last[-1].get("cache_hit_rate"), "test_acc": records[-1].get("test_acc"),
             "peak_rss_bytes": s["peak_rss_bytes"], "batches_per_epoch": last[-1]["batches"]}
+
+
+def read_floor(ds, cfg, run_dir: Path) -> dict:
+    """The out-of-core epoch's reads alone: its loader through the whole epoch plan, no model step.
+
+    Same trainer, memory plan, caches and prefetcher as the ``ooc`` run; histories are
+    filled first (unwritten tables are sparse files, read without touching the disk) and the
+    page cache dropped after. Slots go back only when the next batch is asked for, so the
+    batches are read one after another: the time is what the loader needs per epoch, a
+    floor for the out-of-core epoch however well it overlaps with compute.
+    """
+    from oocgnn.cache import begin_epoch_caches, caches_epoch_metrics, end_epoch_caches
+    from oocgnn.runner import make_trainer
+
+    tr = make_trainer(ds, cfg, run_dir)
+    try:
+        tr.fill_histories()
+        plan = [a.ranges for a in tr.policy.plan_epoch(tr)]
+        dropped = drop_caches()
+        loader = tr.epoch_loader()
+        begin_epoch_caches(tr, plan)
+        t0, c0 = time.perf_counter(), time.process_time()
+        pf = tr.prefetcher(plan, loader)
+        batches = sum(1 for _ in pf)
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+        loader.close()
+        st = pf.stats
+        caches = caches_epoch_metrics(tr)
+        end_epoch_caches(tr)
+        from oocgnn.utils.memory import lifetime_peak_rss
+
+        return {"epoch_time_s": elapsed, "cpu_s": cpu, "batches_per_epoch": batches, "caches_dropped_after_fill": dropped,
+                "feature_bytes_read": st.feature_bytes, "history_bytes_read": st.history_bytes,
+                "cache_hit_rate": caches.get("cache_hit_rate"), "peak_rss_bytes": lifetime_peak_rss()}
+    finally:
+        tr.close()
 
 
 def make_cgroup(limit: int) -> Path | None:
@@ -137,7 +181,8 @@ def main() -> None:
     ap.add_argument("--history-dtype", default="float32", choices=["float32", "float16"],
                     help="dtype of the history tables (with a float16 store: fp16 end to end)")
     ap.add_argument("--skip-pyg", action="store_true")
-    ap.add_argument("--only", nargs="*", help="run only these configurations (ooc, ooc_no_prefetch, ram, pyg_full_batch)")
+    ap.add_argument("--only", nargs="*", help="run only these configurations (ooc, ooc_no_prefetch, reads, ram, pyg_full_batch); "
+                    "reads: the out-of-core run's loader alone, no model step (the epoch's read time)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -151,6 +196,7 @@ def main() -> None:
     cg = make_cgroup(parse_size(args.cgroup_limit))
     runs = {"ooc": dict(base, mode="ooc", cgroup=str(cg) if cg else None),
             "ooc_no_prefetch": dict(base, mode="ooc", prefetch=0, io_threads=1, cgroup=str(cg) if cg else None),
+            "reads": dict(base, mode="reads", cgroup=str(cg) if cg else None),
             "ram": dict(base, mode="ram", budget="4GB", cache="none")}
     if not args.skip_pyg:
         runs["pyg_full_batch"] = dict(base, mode="pyg")
@@ -159,7 +205,7 @@ def main() -> None:
     results = {}
     try:
         for name, spec in runs.items():
-            dropped = drop_caches() if spec["mode"] == "ooc" else False
+            dropped = drop_caches() if spec["mode"] in ("ooc", "reads") else False
             out = subprocess.run([sys.executable, __file__, "--store", args.store, "--worker", json.dumps(spec)],
                                  capture_output=True, text=True)
             if out.returncode != 0:
@@ -171,10 +217,11 @@ def main() -> None:
     finally:
         if cg is not None:
             cg.rmdir()
-    ooc, ram = results.get("ooc", {}), results.get("ram", {})
+    ooc, ram, reads = results.get("ooc", {}), results.get("ram", {}), results.get("reads", {})
     ratio = ooc["epoch_time_s"] / ram["epoch_time_s"] if "epoch_time_s" in ooc and "epoch_time_s" in ram else None
+    floor = reads["epoch_time_s"] / ram["epoch_time_s"] if "epoch_time_s" in reads and "epoch_time_s" in ram else None
     report = {"machine": machine(), "args": vars(args), "cgroup": cg is not None, "results": results,
-              "ooc_vs_ram_epoch_ratio": ratio}
+              "ooc_vs_ram_epoch_ratio": ratio, "reads_vs_ram_epoch_ratio": floor}
     print(f"{'run':18} {'epoch s':>8} {'io wait':>8} {'hist moved/min':>14} {'test acc':>8} {'peak RSS MB':>11}")
     for name, r in results.items():
         if "error" in r:
@@ -184,6 +231,8 @@ def main() -> None:
         print(f"{name:18} {f('epoch_time_s', '%.2f'):>8} {f('io_wait_fraction', '%.3f'):>8} "
               f"{f('history_bytes_ratio', '%.3f'):>14} {f('test_acc', '%.3f'):>8} {r['peak_rss_bytes'] / 1e6:>11.0f}")
     print(f"out-of-core / in-RAM epoch time: {ratio:.2f}" if ratio else "ratio unavailable")
+    if floor:
+        print(f"out-of-core reads alone / in-RAM epoch time: {floor:.2f}")
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     (OUT_DIR / "bench_epoch.json").write_text(json.dumps(report, indent=2))
 

@@ -97,8 +97,43 @@ def test_trim_heap_gives_freed_arrays_back() -> None:
 
     x = np.ones(4_000_000)  # freeing a 32 MB block raises glibc's mmap threshold: what follows is heap
     del x
-    xs = [np.ones(1_200_000) for _ in range(100)]  # 9.6 MB each
+    # 800 KB each: heap whether the threshold is glibc's dynamic one or the trainer's fixed 1 MiB
+    xs = [np.ones(100_000) for _ in range(600)]
     del xs[::2]  # holes, not the top of the heap: free() keeps them
     before = current_anon_rss()
     trim_heap()
     assert before - current_anon_rss() > 200 << 20
+
+
+_HEAP_PATTERN = """
+import sys, numpy as np
+from oocgnn.utils.memory import current_anon_rss, keep_large_buffers_off_heap
+if sys.argv[1] == "fixed":
+    keep_large_buffers_off_heap()
+big = np.ones(30 << 20, np.uint8); del big      # a freed mapped block raises glibc's dynamic threshold
+chunks = [np.ones(4 << 20, np.uint8) for _ in range(20)]  # 4 MiB temporaries, as a training step makes them
+before = current_anon_rss()
+del chunks[::2]                                   # freed between live ones: no heap top to trim
+print((before - current_anon_rss()) >> 20)
+"""
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "fixed"])
+def test_freed_step_buffers_leave_rss_once_the_trainer_fixes_the_threshold(mode: str) -> None:
+    """The trainer's fixed mmap threshold returns freed MiB-sized buffers at once; glibc's default keeps them.
+
+    Run in a fresh interpreter: the setting is process-wide, and this one has built trainers.
+    """
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    out = subprocess.run([sys.executable, "-c", _HEAP_PATTERN, mode], capture_output=True, text=True, env=env,
+                         check=True)
+    returned_mib = int(out.stdout.split()[-1])
+    if mode == "fixed":
+        assert returned_mib >= 36  # the 40 MiB freed
+    else:
+        assert returned_mib < 20  # the arena kept them: what the budget overshoot was made of

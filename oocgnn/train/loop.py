@@ -49,7 +49,7 @@ from oocgnn.train.exchange import HaloExchange
 from oocgnn.train.optim import make_optimizer
 from oocgnn.train.policy import EpochPolicy, GASPolicy
 from oocgnn.utils.mapped import MappedPageReleaser
-from oocgnn.utils.memory import format_size, resolve_budget
+from oocgnn.utils.memory import format_size, keep_large_buffers_off_heap, resolve_budget
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,7 @@ class Trainer:
         self.policy: EpochPolicy = policy if policy is not None else GASPolicy()
         self.dist = dist
         self.budget = resolve_budget(cfg.io.memory_budget) // dist.local_world_size
+        keep_large_buffers_off_heap()  # freed step buffers must leave RSS, or the budget's plan is fiction
         # memmapped store/history pages count in RSS: keep them under a window of the budget from the
         # first read on (the halo sizes below already scan the whole CSR); stopped by close() or GC
         self._releaser = MappedPageReleaser(mapped_window(self.budget)).__enter__()
@@ -186,6 +187,13 @@ class Trainer:
         groups = self.split.groups(len(self.partition_ptr) - 1, self.cfg.train.parts_per_batch, self.cfg.train.seed,
                                    epoch)
         return [group_ranges(self.partition_ptr, g) for g in groups]
+
+    def epoch_loader(self) -> BatchLoader:
+        """The loader of a training epoch: features and halo history rows of every table, through the caches."""
+        return BatchLoader(self.indptr, self.indices, self.features, self.histories,
+                           list(range(len(self.histories))), self.pool, self.cfg.io.io_threads, self.cache,
+                           self.hist_caches, io_engine=self.cfg.io.io_engine, subgraphs=self.subgraphs,
+                           transpose=self.model.uses_adj_transpose)
 
     def prefetcher(self, plan: list, loader: BatchLoader) -> Prefetcher:
         depth = min(self.cfg.io.prefetch, self.prefetch_depth)  # the memory plan may have lowered it
@@ -317,10 +325,7 @@ class Trainer:
             fill_s = time.perf_counter() - t_fill
         t0 = time.perf_counter()
         actions = self.policy.plan_epoch(self)
-        loader = BatchLoader(self.indptr, self.indices, self.features, self.histories,
-                             list(range(len(self.histories))), self.pool, self.cfg.io.io_threads, self.cache,
-                             self.hist_caches, io_engine=self.cfg.io.io_engine, subgraphs=self.subgraphs,
-                             transpose=self.model.uses_adj_transpose)
+        loader = self.epoch_loader()
         begin_epoch_caches(self, [a.ranges for a in actions])
         written0 = self.histories.bytes_written
         pf = self.prefetcher([a.ranges for a in actions], loader)

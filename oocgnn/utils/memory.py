@@ -108,6 +108,30 @@ def trim_heap(collect: bool = False) -> None:
         pass
 
 
+#: allocations at least this large get their own mapping from glibc, returned to the kernel when freed
+HEAP_MMAP_THRESHOLD = 1 << 20
+#: glibc's ``mallopt`` parameter number of ``M_MMAP_THRESHOLD`` (malloc.h)
+_M_MMAP_THRESHOLD = -3
+
+
+def keep_large_buffers_off_heap(threshold: int = HEAP_MMAP_THRESHOLD) -> bool:
+    """Make glibc map every allocation of ``threshold`` bytes or more on its own (``mallopt``); True if set.
+
+    By default glibc raises its mmap threshold to the size of each mapped block freed, up
+    to 32 MiB, so the 1-32 MiB arrays a training step makes and frees (gathers' temporaries,
+    cache misses, subgraph pieces, on several threads) then come from malloc arenas, which
+    keep them resident after ``free``. At a 1.5 GB budget that held RssAnon ~450 MB above the
+    memory plan (peak 1.64 GB, planned 1.19 GB), room a memory cgroup then took from the page
+    cache the history reads need. With a fixed 1 MiB threshold the same epoch peaked at
+    1.28 GB (``benchmarks/RESULTS.md``, "Session 10"). Setting the threshold also stops the
+    dynamic adjustment. Process-wide and idempotent; a no-op off glibc.
+    """
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, int(threshold)))
+    except (OSError, AttributeError):
+        return False
+
+
 def lifetime_peak_rss() -> int:
     """Peak RSS of this process since it started (kernel's ru_maxrss), in bytes."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -137,3 +137,13 @@ def test_freed_step_buffers_leave_rss_once_the_trainer_fixes_the_threshold(mode:
         assert returned_mib >= 36  # the 40 MiB freed
     else:
         assert returned_mib < 20  # the arena kept them: what the budget overshoot was made of
+
+
+def test_building_a_trainer_fixes_the_threshold(store, tmp_path, monkeypatch) -> None:
+    """The setting above is made by every trainer (CLI train/eval, benchmarks, API), before it plans memory."""
+    import oocgnn.train.loop as loop
+
+    calls = []
+    monkeypatch.setattr(loop, "keep_large_buffers_off_heap", lambda *a, **k: calls.append(1) or True)
+    make_trainer(store, _cfg(tmp_path, 4 << 30), tmp_path / "run").close()
+    assert calls == [1]

@@ -46,7 +46,7 @@ def worker(spec: dict) -> dict:
 
     torch.set_num_threads(2)
     from oocgnn.store.reader import open_dataset
-    from oocgnn.train.config import EvalConfig, IOConfig, ModelConfig, OptimConfig, RunConfig
+    from oocgnn.config import EvalConfig, IOConfig, ModelConfig, OptimConfig, RunConfig
     from oocgnn.runner import make_trainer
     from oocgnn.train.run import fit
     from oocgnn.utils.memory import lifetime_peak_rss

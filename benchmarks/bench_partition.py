@@ -118,7 +118,7 @@ def main() -> None:
     args.csr_budget = parse_size(args.csr_budget)
 
     from oocgnn.prepare.multilevel import BYTES_PER_NODE
-    from oocgnn.prepare.partition import METIS_BYTES_PER_ENTRY
+    from oocgnn.prepare.metis import METIS_BYTES_PER_ENTRY
 
     work = Path(tempfile.mkdtemp(prefix="oocgnn-bench-partition-", dir=args.workdir))
     results = []

@@ -33,7 +33,7 @@ class _Crash(Exception):
 
 
 def config(store: Path, run_dir: Path, args: argparse.Namespace):
-    from oocgnn.train.config import RunConfig
+    from oocgnn.config import RunConfig
 
     return RunConfig.from_dict({"data": str(store), "run_dir": str(run_dir),
                                 "model": {"layers": args.layers, "hidden": args.hidden},

@@ -4,16 +4,22 @@ Shared by every layer that reads options (``train/``, ``staleness/``, ``checkpoi
 ``cli/``), so the trainer and the staleness policies that plug into it depend on this
 module and never on each other.  Sections of a run: ``[model] [train] [io] [eval]
 [staleness]``.  Each dataclass validates itself in ``__post_init__`` and raises
-:class:`ConfigError` naming the flag.  TOML loading and saving live in
-:mod:`oocgnn.train.config`.
+:class:`ConfigError` naming the flag.
+
+The run config as a file: precedence is dataclass defaults < ``--config run.toml``
+< command-line flags; the resolved config is written to ``RUN/config.toml`` so
+``oocgnn eval --run-dir RUN`` and resume rebuild exactly the same model and data path.
 """
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from oocgnn.errors import ConfigError
+from oocgnn.utils.atomic import atomic_write_bytes
 from oocgnn.utils.memory import parse_size
 
 #: ``--method`` choices: plain historical embeddings and the staleness cures built on them
@@ -204,3 +210,51 @@ class RunConfig:
         top_unknown = set(d) - set(cls.SECTIONS) - {"data", "run_dir"}
         _check(not top_unknown, f"config has unknown top-level keys {sorted(top_unknown)}")
         return cls(data=str(d.get("data", "")), run_dir=str(d.get("run_dir", "")), **sections)
+
+
+# ------------------------------------------------------------------ the config as a TOML file
+def load_toml(path: str | Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path}: file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"--config {path}: not valid TOML ({exc})") from None
+
+
+def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Overlay ``{section: {key: value}}`` (None values ignored) onto ``base``."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
+    for k, v in overrides.items():
+        if isinstance(v, dict):
+            sec = out.setdefault(k, {})
+            sec.update({kk: vv for kk, vv in v.items() if vv is not None})
+        elif v is not None:
+            out[k] = v
+    return out
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def dumps_toml(d: dict[str, Any]) -> str:
+    lines = [f"{k} = {_toml_value(v)}" for k, v in d.items() if not isinstance(v, dict) and v is not None]
+    for k, v in d.items():
+        if isinstance(v, dict):
+            lines.append(f"\n[{k}]")
+            lines += [f"{kk} = {_toml_value(vv)}" for kk, vv in v.items() if vv is not None]
+    return "\n".join(lines) + "\n"
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    atomic_write_bytes(path, dumps_toml(cfg.to_dict()).encode())
+
+
+def load_config(path: str | Path) -> RunConfig:
+    return RunConfig.from_dict(load_toml(path))

@@ -34,7 +34,7 @@ def make_trainer(ds: Any, cfg: RunConfig, run_dir: str | Path | None, caches: bo
     run_dir = Path(run_dir) if run_dir is not None else None
     trainer = Trainer(ds, cfg, run_dir, model=model, policy=make_policy(ds, cfg, run_dir, dist), dist=dist)
     if caches and cfg.io.cache != "none" and cfg.io.cache_fraction > 0:
-        from oocgnn.cache import attach_feature_cache
+        from oocgnn.train.caches import attach_row_caches
 
-        attach_feature_cache(trainer)
+        attach_row_caches(trainer)
     return trainer

@@ -8,7 +8,8 @@ from torch_geometric.utils import coalesce, remove_self_loops, to_undirected
 
 from oocgnn.errors import InputError
 from oocgnn.prepare import csr as csr_module
-from oocgnn.prepare.csr import build_csr, iter_csr_edges, relabel_csr, relabel_passes
+from oocgnn.prepare.csr import build_csr, relabel_csr, relabel_passes
+from oocgnn.store.csr import iter_csr_edges
 
 
 def _reference(src, dst, n, symmetric):

@@ -258,7 +258,7 @@ def store(tmp_path_factory):
 
 
 def _train(store, run_dir: Path, engine: str, history_dtype: str, monkeypatch) -> tuple:
-    from oocgnn.train.config import IOConfig, ModelConfig, OptimConfig, RunConfig
+    from oocgnn.config import IOConfig, ModelConfig, OptimConfig, RunConfig
     from oocgnn.runner import make_trainer
 
     used: dict[str, int] = {}
@@ -307,7 +307,7 @@ def test_io_engine_flag_and_config() -> None:
     import argparse
 
     from oocgnn.cli import train as cli_train
-    from oocgnn.train.config import IOConfig
+    from oocgnn.config import IOConfig
 
     with pytest.raises(ConfigError, match="--io-engine 'uring'"):
         IOConfig(io_engine="uring")

@@ -11,7 +11,7 @@ from oocgnn.belady import next_uses
 from oocgnn.cache import FeatureCache, HistoryCache
 from oocgnn.history import HistorySet
 from oocgnn.testing.stores import make_store, random_graph
-from oocgnn.train.config import IOConfig, ModelConfig, OptimConfig, RunConfig
+from oocgnn.config import IOConfig, ModelConfig, OptimConfig, RunConfig
 from oocgnn.runner import make_trainer
 from oocgnn.train.run import fit
 

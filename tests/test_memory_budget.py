@@ -7,7 +7,7 @@ import pytest
 from oocgnn.errors import ConfigError
 from oocgnn.store.reader import open_dataset
 from oocgnn.testing.stores import make_store, random_graph
-from oocgnn.train.config import RunConfig
+from oocgnn.config import RunConfig
 from oocgnn.runner import make_trainer
 from oocgnn.utils.memory import PeakRSSMonitor, current_anon_rss
 

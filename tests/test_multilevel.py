@@ -16,7 +16,8 @@ from oocgnn import open_dataset
 from oocgnn.errors import ConfigError
 from oocgnn.prepare import multilevel
 from oocgnn.prepare.csr import build_csr
-from oocgnn.prepare.partition import METIS_BYTES_PER_ENTRY, choose_method, partition_graph
+from oocgnn.prepare.metis import METIS_BYTES_PER_ENTRY
+from oocgnn.prepare.partition import choose_method, partition_graph
 from oocgnn.store import format as fmt
 from oocgnn.testing.graphs import community_edges
 

@@ -9,7 +9,7 @@ import torch
 
 from oocgnn.prefetch import BatchLoader, Prefetcher
 from oocgnn.testing.stores import make_store, random_graph
-from oocgnn.train.config import IOConfig, ModelConfig, OptimConfig, RunConfig
+from oocgnn.config import IOConfig, ModelConfig, OptimConfig, RunConfig
 from oocgnn.train.loop import Trainer
 from oocgnn.train.metrics import MetricsLog
 from oocgnn.runner import make_trainer

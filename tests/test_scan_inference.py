@@ -16,7 +16,7 @@ from oocgnn.store.npyfile import create_npy_memmap
 from oocgnn.testing.stores import make_store, random_graph
 from oocgnn.train import scan as scan_mod
 from oocgnn.train import stream as stream_mod
-from oocgnn.train.config import ModelConfig, OptimConfig, RunConfig
+from oocgnn.config import ModelConfig, OptimConfig, RunConfig
 from oocgnn.train.evaluate import layerwise_inference
 
 

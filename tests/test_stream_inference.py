@@ -18,7 +18,7 @@ from oocgnn.runner import make_trainer
 from oocgnn.store.npyfile import create_npy_memmap
 from oocgnn.testing.stores import make_store, random_graph
 from oocgnn.train import stream as stream_mod
-from oocgnn.train.config import ModelConfig, OptimConfig, RunConfig
+from oocgnn.config import ModelConfig, OptimConfig, RunConfig
 from oocgnn.train.evaluate import layerwise_inference
 from oocgnn.train.stream import STREAM_MAX_SHARE, load_table, stream_room
 from oocgnn.utils.memory import PeakRSSMonitor, current_anon_rss

@@ -12,7 +12,7 @@ from torch_geometric.nn import GCNConv
 from oocgnn.subgraph import build_subgraph
 from oocgnn.staging import Slot
 from oocgnn.testing.stores import make_store, random_graph
-from oocgnn.train.config import EvalConfig, IOConfig, ModelConfig, OptimConfig, RunConfig
+from oocgnn.config import EvalConfig, IOConfig, ModelConfig, OptimConfig, RunConfig
 from oocgnn.train.evaluate import evaluate, layerwise_inference
 from oocgnn.train.loop import Trainer
 from oocgnn.runner import make_trainer

@@ -84,7 +84,7 @@ def check_same_finished_run(run_dir: Path, cfg: Any, store_checksum: str | None,
     run, which is not supported (its final files are already written).
     Reads only: nothing in ``run_dir`` is touched.
     """
-    from oocgnn.train.config import RunConfig, load_config
+    from oocgnn.config import RunConfig, load_config
 
     hint = "pass --overwrite or choose another --run-dir"
     try:
@@ -129,7 +129,7 @@ def check_same_finished_run(run_dir: Path, cfg: Any, store_checksum: str | None,
 
 
 def write_manifest(run_dir: Path, store_checksum: str | None, extra: dict[str, Any] | None = None) -> None:
-    from oocgnn import __version__
+    from oocgnn._version import __version__
 
     atomic_write_json(run_dir / RUN_MANIFEST, {"store_checksum": store_checksum, "oocgnn_version": __version__,
                                                "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **(extra or {})})

@@ -184,7 +184,7 @@ class RunSession:
         if self.dist.active and mode != self.dist.exchange:
             raise RunDirError(f"{self.run_dir} was trained with --halo-exchange {mode} and this command uses "
                               f"{self.dist.exchange}: resume with --halo-exchange {mode}, or start over with --overwrite")
-        from oocgnn.train.config import RunConfig, load_config
+        from oocgnn.config import RunConfig, load_config
 
         cfg_path = self.run_dir / "config.toml"
         if not cfg_path.exists():

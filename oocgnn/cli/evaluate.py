@@ -33,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from oocgnn.train.config import load_config
+    from oocgnn.config import load_config
     from oocgnn.train.evaluate import evaluate, export_predictions
     from oocgnn.runner import make_trainer
     from oocgnn.train.run import BEST_MODEL, CONFIG

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from oocgnn.errors import ConfigError
 from oocgnn.store.reader import open_dataset
 from oocgnn.train.dist import check_supported
-from oocgnn.train.config import RunConfig, load_toml, merge
+from oocgnn.config import RunConfig, load_toml, merge
 from oocgnn.utils.memory import current_rss, format_size
 
 log = logging.getLogger(__name__)

@@ -44,7 +44,8 @@ from tqdm.auto import tqdm
 
 from oocgnn.errors import ConfigError
 from oocgnn.prepare import multilevel_kernels as K
-from oocgnn.prepare.multilevel_graph import BLOCK_ENTRIES, Graph, load_level, metis_fits, save_array
+from oocgnn.prepare.metis import metis_fits, metis_partition
+from oocgnn.prepare.multilevel_graph import BLOCK_ENTRIES, Graph, load_level, save_array
 from oocgnn.store.npyfile import NpyWriter
 from oocgnn.utils.atomic import atomic_write_json, read_json
 
@@ -194,13 +195,8 @@ def contract(g: Graph, cmap: np.ndarray, num_coarse: int, out: Path, budget: int
 
 
 def initial_partition(g: Graph, num_parts: int, seed: int) -> np.ndarray:
-    import pymetis
-
-    opts = pymetis.Options(seed=int(seed), ufactor=_METIS_UFACTOR)
-    adjacency = pymetis.CSRAdjacency(np.asarray(g.indptr, np.int64), np.asarray(g.indices, np.int64))
-    _, membership = pymetis.part_graph(num_parts, adjacency=adjacency, vweights=g.node_weights(),
-                                       eweights=np.asarray(g.eweights, np.int64), options=opts)
-    return np.asarray(membership, dtype=np.int32)
+    return metis_partition(g.indptr, g.indices, num_parts, seed, vweights=g.node_weights(), eweights=g.eweights,
+                           ufactor=_METIS_UFACTOR)
 
 
 def refine(g: Graph, part: np.ndarray, num_parts: int, progress: bool, desc: str) -> np.ndarray:

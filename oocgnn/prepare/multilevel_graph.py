@@ -78,9 +78,3 @@ def save_array(path: Path, arr: np.ndarray) -> None:
             np.save(f, arr)
 
 
-def metis_fits(num_nodes: int, num_entries: int, budget: int) -> bool:
-    from oocgnn.prepare.partition import METIS_BYTES_PER_ENTRY
-
-    return num_entries * METIS_BYTES_PER_ENTRY + num_nodes * 64 <= budget
-
-

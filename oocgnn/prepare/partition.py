@@ -1,7 +1,7 @@
 """Graph partitioning, so each partition can become a contiguous id range.
 
 * ``metis`` (pymetis): best cuts, but needs the whole graph in RAM, roughly
-  :data:`METIS_BYTES_PER_ENTRY` per CSR entry (measured here: 3.2 GB for 1 M
+  :data:`oocgnn.prepare.metis.METIS_BYTES_PER_ENTRY` per CSR entry (measured here: 3.2 GB for 1 M
   nodes / 10 M edges).  Chosen by ``auto`` when that fits the memory budget.
 * ``multilevel`` (:mod:`oocgnn.prepare.multilevel`): out-of-core multilevel
   partitioning -- coarsen by streamed label propagation until METIS fits the
@@ -29,10 +29,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from oocgnn.errors import ConfigError
+from oocgnn.prepare.metis import metis_fits, metis_partition
+from oocgnn.prepare.multilevel import BYTES_PER_NODE, multilevel_partition
+from oocgnn.prepare.multilevel_graph import Graph
+from oocgnn.prepare.multilevel_kernels import cut_entries
 
 log = logging.getLogger(__name__)
 
-METIS_BYTES_PER_ENTRY = 320
 METHODS = ("auto", "metis", "multilevel", "ldg", "range")
 _LDG_BLOCK = 1 << 15
 _LDG_SLACK = 1.05
@@ -58,22 +61,10 @@ def choose_method(method: str, num_nodes: int, num_entries: int, memory_budget: 
         raise ConfigError(f"--partitioner {method!r} is not one of {', '.join(METHODS)}")
     if method != "auto":
         return method
-    from oocgnn.prepare.multilevel import BYTES_PER_NODE, metis_fits
-
     if metis_fits(num_nodes, num_entries, memory_budget):
         return "metis"
     # multilevel's METIS step needs room beyond its per-node arrays; ask for 2x of them
     return "multilevel" if 2 * BYTES_PER_NODE * num_nodes <= memory_budget else "ldg"
-
-
-def _metis(indptr: np.ndarray, indices: np.ndarray, num_parts: int, seed: int) -> np.ndarray:
-    import pymetis
-
-    xadj = np.asarray(indptr, dtype=np.int64)
-    adjncy = np.asarray(indices, dtype=np.int64)
-    opts = pymetis.Options(seed=int(seed))
-    _, membership = pymetis.part_graph(num_parts, adjacency=pymetis.CSRAdjacency(xadj, adjncy), options=opts)
-    return np.asarray(membership, dtype=np.int32)
 
 
 def _ldg(indptr: np.ndarray, indices: np.ndarray, num_parts: int, progress: bool, passes: int = _LDG_PASSES) -> np.ndarray:
@@ -133,9 +124,6 @@ def _ldg_pass(indptr: np.ndarray, indices: np.ndarray, num_parts: int, part: np.
 
 def edge_cut_fraction(indptr: np.ndarray, indices: np.ndarray, part: np.ndarray, block: int = 1 << 22) -> float:
     """Fraction of CSR entries (u, v) with ``part[u] != part[v]``, streamed in row blocks (one numba loop each)."""
-    from oocgnn.prepare.multilevel_graph import Graph
-    from oocgnn.prepare.multilevel_kernels import cut_entries
-
     total = int(indptr[-1])
     blocks = Graph(indptr, indices, block_entries=block).blocks(weights=False)
     cut = sum(cut_entries(row, ptr, cols, part) for row, ptr, cols, _ in blocks)
@@ -157,10 +145,8 @@ def partition_graph(indptr: np.ndarray, indices: np.ndarray, num_parts: int, met
         part = np.zeros(num_nodes, dtype=np.int32)
     elif used == "metis":
         log.info("partitioning %d nodes into %d parts with METIS", num_nodes, num_parts)
-        part = _metis(indptr, indices, num_parts, seed)
+        part = metis_partition(indptr, indices, num_parts, seed)
     elif used == "multilevel":
-        from oocgnn.prepare.multilevel import multilevel_partition
-
         log.info("partitioning %d nodes into %d parts with the multilevel partitioner", num_nodes, num_parts)
         part = multilevel_partition(indptr, indices, num_parts, memory_budget=memory_budget, seed=seed,
                                     workdir=workdir, progress=progress)

@@ -31,7 +31,8 @@ import numpy as np
 import zarr
 
 from oocgnn.errors import ConfigError, InputError, OutputExistsError
-from oocgnn.prepare.csr import build_csr, iter_csr_edges, relabel_csr, relabel_passes
+from oocgnn.prepare.csr import build_csr, relabel_csr, relabel_passes
+from oocgnn.store.csr import iter_csr_edges
 from oocgnn.prepare.features import write_permuted_features
 from oocgnn.prepare.partition import default_num_partitions, partition_graph
 from oocgnn.prepare.source import GraphSource

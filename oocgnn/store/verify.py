@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from tqdm.auto import tqdm
 
-from oocgnn.prepare.csr import iter_csr_edges
+from oocgnn.store.csr import iter_csr_edges
 from oocgnn.store import format as fmt
 from oocgnn.store.checksum import checksum_array
 from oocgnn.store.reader import Dataset

@@ -42,7 +42,7 @@ from oocgnn.prefetch import BatchLoader, IOStats, Prefetcher, advise_random
 from oocgnn.staging import Slot, ring_rows_bound, saved_storages
 from oocgnn.subgraph import SubgraphBuilder, partition_halo_sizes
 from oocgnn.train.budget import mapped_window, plan_memory
-from oocgnn.train.config import RunConfig
+from oocgnn.config import RunConfig
 from oocgnn.train.dist import SINGLE, DistContext
 from oocgnn.train.metrics import AgeTally, read_path_record
 from oocgnn.train.exchange import HaloExchange

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import torch
 
-from oocgnn.train.config import save_config
+from oocgnn.config import save_config
 from oocgnn.train.evaluate import evaluate, export_predictions
 from oocgnn.train.loop import Trainer
 from oocgnn.train.metrics import MetricsLog, write_summary

@@ -46,6 +46,10 @@ class ReadError(OocgnnError, OSError):
     """A file could not be read back: an I/O error, or it is shorter than its header says."""
 
 
+class NonFiniteLossError(OocgnnError, ArithmeticError):
+    """Training produced a NaN or infinite loss: the run stops before the step corrupts the model."""
+
+
 class PeerStopped(OocgnnError):
     """Another rank of a distributed run stopped with an error it already reported (this rank stays quiet)."""
 

@@ -17,6 +17,7 @@ import threading
 
 import numpy as np
 
+from oocgnn.errors import StoreError
 from oocgnn.io.rowfile import RowFile, aligned_empty
 from oocgnn.io.source import rowfile_for
 
@@ -55,12 +56,26 @@ class CSRReader:
             ptrs = [self._range("ptr", self._ptr_file, self.indptr, s, e + 1, k).astype(np.int64)
                     for k, (s, e) in enumerate(ranges)]
             counts = np.concatenate([np.diff(p) for p in ptrs]) if ptrs else np.empty(0, np.int64)
+            self._check_offsets(ptrs, counts, ranges)
             parts = [self._range("idx", self._idx_file, self.indices, int(p[0]), int(p[-1]), k)
                      for k, p in enumerate(ptrs)]
-            if len(parts) == 1:
-                return counts, parts[0]
-            cols = np.concatenate(parts) if parts else np.empty(0, self.indices.dtype)
+            cols = parts[0] if len(parts) == 1 else (np.concatenate(parts) if parts else np.empty(0, self.indices.dtype))
+            self._check_ids(cols, ranges)
             return counts, cols
+
+    # A damaged store must fail with one line, never reach the numba kernels that index
+    # per-node arrays with these ids (an id past the node count was a SIGSEGV there).
+    # Two vectorised passes over what was just read cost ~1 % of reading it.
+    def _check_offsets(self, ptrs: list[np.ndarray], counts: np.ndarray, ranges: Ranges) -> None:
+        total = len(self.indices)
+        if any(int(p[0]) < 0 or int(p[-1]) > total for p in ptrs) or (counts.size and int(counts.min()) < 0):
+            raise _damaged(self.indptr, f"row offsets of rows {_span(ranges)} are decreasing or outside [0, {total}]")
+
+    def _check_ids(self, cols: np.ndarray, ranges: Ranges) -> None:
+        n = len(self.indptr) - 1
+        if cols.size and (int(cols.min()) < 0 or int(cols.max()) >= n):
+            bad = int(cols[(cols < 0) | (cols >= n)][0])
+            raise _damaged(self.indices, f"neighbour id {bad} of rows {_span(ranges)} is outside [0, {n})")
 
     def _range(self, kind: str, rf: RowFile | None, array: np.ndarray, start: int, stop: int, k: int) -> np.ndarray:
         if rf is None:
@@ -71,6 +86,16 @@ class CSRReader:
         if buf is None or buf.nbytes < need:
             buf = self._bufs[key] = aligned_empty(int(need * 1.25) + 4096)  # grown rarely: partitions differ in size
         return rf.read_range(start, stop, buf).view(array.dtype).reshape(-1)
+
+
+def _span(ranges: Ranges) -> str:
+    return ", ".join(f"[{s}, {e})" for s, e in ranges)
+
+
+def _damaged(array: np.ndarray, what: str) -> StoreError:
+    name = getattr(array, "filename", None) or "the store's CSR"
+    return StoreError(f"{name} is damaged: {what}; run `oocgnn inspect STORE --verify` and rebuild the store "
+                      f"with `oocgnn prepare ... --overwrite`")
 
 
 def _column_file(array: np.ndarray, engine: str) -> RowFile | None:

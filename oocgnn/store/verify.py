@@ -60,6 +60,11 @@ def verify_store(ds: Dataset, progress: bool = True) -> list[str]:
                 break
     if ds.features.shape != (n, ds.num_features):
         problems.append(f"{fmt.FEATURES}: shape {ds.features.shape} != ({n}, {ds.num_features})")
+    else:
+        bad = _first_non_finite_row(ds.features)
+        if bad is not None:
+            problems.append(f"{fmt.FEATURES}: row {bad} (store id; original id {int(ds.perm[bad])}) holds NaN or "
+                            f"infinite values: a model trains to chance on them; fix the source and rebuild")
     labels = ds.labels
     if labels.shape != (n,) or (n and (labels.min() < -1 or labels.max() >= ds.num_classes)):
         problems.append(f"{fmt.LABELS}: shape or values outside [-1, {ds.num_classes})")
@@ -79,3 +84,14 @@ def verify_store(ds: Dataset, progress: bool = True) -> list[str]:
             problems.append(f"split {name}: overlaps another split")
         seen[ids] = True
     return problems
+
+
+def _first_non_finite_row(features: np.ndarray, block_bytes: int = 64 << 20) -> int | None:
+    """First store row of ``features`` holding a NaN or inf, streamed in blocks (None: all finite)."""
+    rows = max(1, block_bytes // max(1, features.shape[1] * features.dtype.itemsize))
+    for s in range(0, features.shape[0], rows):
+        block = np.asarray(features[s:s + rows])
+        finite = np.isfinite(block).all(axis=1)
+        if not finite.all():
+            return s + int(np.argmin(finite))
+    return None

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from oocgnn.batch import SubgraphBatch
 from oocgnn.batching import RankSplit, group_ranges
 from oocgnn.cache import begin_epoch_caches, caches_epoch_metrics, end_epoch_caches
-from oocgnn.errors import ConfigError
+from oocgnn.errors import ConfigError, NonFiniteLossError
 from oocgnn.history import HistorySet
 from oocgnn.models import build_model
 from oocgnn.prefetch import BatchLoader, IOStats, Prefetcher, advise_random
@@ -232,6 +232,8 @@ class Trainer:
             (loss if extra is None else loss + extra).backward()
             policy.after_backward(batch, labelled)
             loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                self._stop_non_finite(loss_value, batch)
         self._optimizer_step(labelled)
         if pushes:
             policy.before_push(self.histories, batch, pushes)
@@ -240,6 +242,19 @@ class Trainer:
         policy.after_train(batch, logits)
         self.state.global_step += 1
         return loss_value
+
+    def _stop_non_finite(self, loss_value: float, batch: SubgraphBatch) -> None:
+        """Stop before a NaN/inf gradient reaches the parameters: the checkpoints so far stay good.
+
+        A NaN feature row, an overflowing fp16 history or a too-high learning rate all end
+        here; training on would silently produce a model at chance accuracy.
+        """
+        st = self.state
+        raise NonFiniteLossError(
+            f"the training loss became {loss_value} at step {st.global_step} (epoch {st.epoch + 1}, batch "
+            f"{st.position + 1}, store rows {_ranges_text(batch.ranges)}); stopped before that step changed the "
+            f"model, checkpoints before it are kept; look for NaN/inf features with `oocgnn inspect STORE --verify`, "
+            f"or lower --lr / set --grad-clip")
 
     def _optimizer_step(self, labelled: int) -> None:
         """(All-reduce,) clip and step; no step when no rank had a labelled node.
@@ -443,3 +458,7 @@ class Trainer:
             self._pool.shutdown(wait=True)
             self._pool = None
         self._stop_releaser()
+
+
+def _ranges_text(ranges: list[tuple[int, int]]) -> str:
+    return ", ".join(f"[{s}, {e})" for s, e in ranges)

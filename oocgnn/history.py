@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ import torch
 
 from oocgnn.batching import Ranges, ranges_to_ids
 from oocgnn.errors import OocgnnError
-from oocgnn.io import RowFile, aligned_empty, rowfile_for
+from oocgnn.io import RowFile, aligned_empty, file_region, rowfile_for
 from oocgnn.store.npyfile import create_npy_memmap
 from oocgnn.utils.mapped import register_mapped
 
@@ -63,6 +64,8 @@ class HistoryTable:
         self._range_rows: RowFile | None = None  #: opened on the first read_ranges
         self._range_buf: np.ndarray | None = None  #: aligned buffer of read_ranges, grown, reused
         self._range_lock = threading.Lock()
+        self._write_fd: int | None = None  #: range writes (pwrite), opened on the first push
+        self._data_offset = 0
 
     @property
     def row_bytes(self) -> int:
@@ -112,25 +115,62 @@ class HistoryTable:
         return self._range_rows
 
     def write(self, ranges: Ranges | None, ids: np.ndarray | None, values: np.ndarray) -> None:
-        """Write rows already converted to the table dtype (slice writes for ranges)."""
-        if ranges is not None:
-            o = 0
-            for s, e in ranges:
-                self.array[s:e] = values[o:o + e - s]
-                o += e - s
-        else:
+        """Write rows already converted to the table dtype (``pwrite`` of each range, scatter for ids).
+
+        A file-backed table's ranges are written with ``pwrite``, not through the memmap:
+        a memmap write maps every page it touches into RSS (a batch's rows, tens of MB, per
+        push), which the memory plan had to reserve as mapped-page window.  ``pwrite`` goes
+        to the same page cache that the memmap and the buffered range/row reads see.
+        """
+        if ranges is None:
             self.array[ids] = values
+            return
+        fd = self._writer_fd()
+        o = 0
+        for s, e in ranges:
+            if e <= s:
+                continue
+            if fd is None:
+                self.array[s:e] = values[o:o + e - s]
+            else:
+                _pwrite_all(fd, np.ascontiguousarray(values[o:o + e - s]), self._data_offset + s * self.row_bytes)
+            o += e - s
+
+    def _writer_fd(self) -> int | None:
+        """Descriptor the range writes go through (opened once), or None for RAM tables."""
+        if self.path is None:
+            return None
+        if self._write_fd is None:
+            region = file_region(self.array)
+            if region is None:
+                return None
+            self._write_fd = os.open(region[0], os.O_WRONLY)
+            self._data_offset = region[1]
+        return self._write_fd
 
     def flush(self) -> None:
+        """Make every write durable: the memmap's (scatter writes) and the descriptor's (range writes)."""
         if isinstance(self.array, np.memmap):
             self.array.flush()
+        if self._write_fd is not None:
+            os.fsync(self._write_fd)
 
     def close_reader(self) -> None:
-        """Close the range reader's descriptor and free its buffer (reopened on demand)."""
+        """Close the range reader's and writer's descriptors and free the read buffer (reopened on demand)."""
         with self._range_lock:
             if self._range_rows is not None:
                 self._range_rows.close()
             self._range_rows, self._range_buf = None, None
+        if self._write_fd is not None:
+            os.close(self._write_fd)
+            self._write_fd = None
+
+
+def _pwrite_all(fd: int, rows: np.ndarray, offset: int) -> None:
+    view = memoryview(rows).cast("B")
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
 
 
 @dataclass

@@ -147,3 +147,46 @@ def test_building_a_trainer_fixes_the_threshold(store, tmp_path, monkeypatch) ->
     monkeypatch.setattr(loop, "keep_large_buffers_off_heap", lambda *a, **k: calls.append(1) or True)
     make_trainer(store, _cfg(tmp_path, 4 << 30), tmp_path / "run").close()
     assert calls == [1]
+
+
+@pytest.mark.parametrize("engine", ["direct", "mmap"])
+def test_mapped_window_follows_the_engine_in_use(store, tmp_path, engine) -> None:
+    """The row-gather engine maps no gathered row and pushes land with pwrite: its window is two pushes,
+    not the 8 % of the budget that memmap gathers need (120 MB at 1.5 GB, ~3x what it maps)."""
+    from oocgnn.train.budget import MAPPED_WINDOW_FRACTION
+
+    budget = current_anon_rss() + (1500 << 20)
+    cfg = _cfg(tmp_path, budget)
+    cfg.io.io_engine = engine
+    trainer = make_trainer(store, cfg, tmp_path / "run")
+    try:
+        window = trainer.memory_plan["mapped_window_bytes"]
+        rows = int(np.diff(np.asarray(store.partition_ptr)).max()) * 2
+        push = rows * sum(t.row_bytes for t in trainer.histories.tables)
+        assert trainer._releaser.window == window
+    finally:
+        trainer.close()
+    if engine == "mmap":
+        assert window == int(budget * MAPPED_WINDOW_FRACTION)
+    else:
+        assert window <= max(16 << 20, 2 * push) < int(budget * MAPPED_WINDOW_FRACTION)
+
+
+def test_pushed_ranges_map_no_pages(tmp_path) -> None:
+    """History range writes go through pwrite: they reach the file (and its memmap readers) without
+    mapping the written pages into RSS."""
+    from oocgnn.history import HistoryTable
+    from oocgnn.utils.mapped import mapped_rss, release_mapped_pages
+
+    table = HistoryTable(200_000, 64, "float32", tmp_path / "layer_0.npy")
+    values = np.random.default_rng(0).standard_normal((130_000, 64)).astype(np.float32)  # 33 MB
+    release_mapped_pages()
+    before = mapped_rss()
+    table.write([(10, 60_010), (100_000, 170_000)], None, values)
+    grew = mapped_rss() - before
+    table.flush()
+    assert grew < (2 << 20), grew / 2**20
+    assert np.array_equal(table.array[10:60_010], values[:60_000])  # the memmap sees the writes
+    table.close_reader()
+    back = np.load(tmp_path / "layer_0.npy", mmap_mode="r")
+    assert np.array_equal(back[100_000:170_000], values[60_000:]) and not back[60_010:100_000].any()

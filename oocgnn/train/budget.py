@@ -65,9 +65,11 @@ BELADY_BYTES_PER_ACCESS = 64
 #: the access stream may take at most this share of the room left after one batch; past it the caches
 #: run as LRU without the Belady shadow (neither needs the stream), so the rest can hold rows
 ACCESS_STREAM_MAX_SHARE = 0.5
-#: share of the budget that memmapped file pages may occupy in RSS, and its bounds
+#: share of the budget that memmapped file pages may occupy in RSS with ``--io-engine mmap``, and its bounds
 MAPPED_WINDOW_FRACTION = 0.08
 MAPPED_WINDOW_MIN, MAPPED_WINDOW_MAX = 32 << 20, 1 << 30
+#: the row-gather engine maps no rows; this holds stray reads of store memmaps (degrees at start, splits)
+ENGINE_WINDOW_MIN = 16 << 20
 
 
 def engine_bytes(trainer: Any) -> int:
@@ -84,9 +86,20 @@ def engine_bytes(trainer: Any) -> int:
     return concurrent * buffer_bytes(trainer.max_halo, row_bytes)
 
 
-def mapped_window(budget: int) -> int:
-    """RSS share of memmapped file pages: released past half of it, the other half is room for gathers in flight."""
-    return int(min(MAPPED_WINDOW_MAX, max(MAPPED_WINDOW_MIN, budget * MAPPED_WINDOW_FRACTION)))
+def mapped_window(budget: int, io_engine: str = "mmap", push_bytes: int = 0) -> int:
+    """RSS our memmaps' file pages may take: released past half of it, the other half is room for reads in flight.
+
+    With ``--io-engine mmap`` every gathered row maps pages: a share of the budget.  The
+    row-gather engine (``direct``/``pread``, and tables in RAM) maps no gathered row and
+    history pushes land with ``pwrite``; what still maps pages is the checkpoint journal's
+    read of the rows a push overwrites (one push's rows at a time), so the window is twice
+    one push (``push_bytes``).  The budget-share rule reserved ~3x what that path maps (issue
+    #27: 120 MB at a 1.5 GB budget), room that read-ahead needs.
+    """
+    share = int(min(MAPPED_WINDOW_MAX, max(MAPPED_WINDOW_MIN, budget * MAPPED_WINDOW_FRACTION)))
+    if io_engine == "mmap":
+        return share
+    return min(share, max(ENGINE_WINDOW_MIN, 2 * int(push_bytes)))
 
 
 def batch_edges_bound(indptr: np.ndarray, partition_ptr: np.ndarray, parts_per_batch: int) -> int:
@@ -124,7 +137,9 @@ def plan_memory(trainer: Any, halo_sizes: np.ndarray, per_slot: int) -> dict[str
     def need(depth: int) -> int:
         return (depth + 1) * (per_slot + kept) + early + build + act + pushes
 
-    window = mapped_window(budget)
+    on_disk = [t for t in hs.tables if t.path is not None]
+    maps_rows = "mmap" if cfg.io.io_engine == "mmap" and not cfg.io.in_memory else "engine"
+    window = mapped_window(budget, maps_rows, sum(t.row_bytes for t in on_disk) * batch_rows)
     room = budget - baseline - window
     depth = cfg.io.prefetch
     while depth > 0 and need(depth) > room:

@@ -106,7 +106,12 @@ def check_window() -> None:
 
 
 class MappedPageReleaser:
-    """Daemon thread: whenever mapped RSS exceeds ``window_bytes``, release registered maps.
+    """Daemon thread: whenever our maps' RSS exceeds ``window_bytes``, release registered maps.
+
+    Mapped RSS also counts the pages of shared libraries, which no release drops; they
+    are measured after each release (the *floor*) and the window counts from there.
+    Before, a window smaller than the libraries (120 MB at a 1.5 GB budget, against ~130 MB
+    of torch's code pages) released every registered map at every poll.
 
     Pages are released once mapped RSS passes *half* the window: the other half is
     room for what readers map before the next check.  The poller alone let concurrent
@@ -117,17 +122,26 @@ class MappedPageReleaser:
     """
 
     def __init__(self, window_bytes: int, interval: float = 0.02) -> None:
-        self.window, self.interval = int(window_bytes), interval
-        self.threshold = self.window // 2
+        self.interval = interval
+        self.set_window(window_bytes)
         self.releases = 0
+        #: file pages no release can drop (shared libraries: ~130 MB with torch loaded), re-read
+        #: after every release; the window counts what our own memmaps map on top of them
+        self.floor = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def set_window(self, window_bytes: int) -> None:
+        """Change the window (the trainer sizes it once its memory plan knows what the engine maps)."""
+        self.window = int(window_bytes)
+        self.threshold = self.window // 2
+
     def check(self) -> bool:
-        """Release now if past the release threshold (half the window); True if it did."""
-        if mapped_rss() <= self.threshold:
+        """Release now if our maps pass the release threshold (half the window); True if it did."""
+        if mapped_rss() - self.floor <= self.threshold:
             return False
         release_mapped_pages()
+        self.floor = mapped_rss()
         self.releases += 1
         return True
 
@@ -137,6 +151,8 @@ class MappedPageReleaser:
 
     def __enter__(self) -> "MappedPageReleaser":
         if self._thread is None and hasattr(mmap, "MADV_DONTNEED"):
+            release_mapped_pages()
+            self.floor = mapped_rss()
             self._stop.clear()
             self._thread = threading.Thread(target=self._run, name="oocgnn-page-release", daemon=True)
             self._thread.start()

@@ -98,6 +98,7 @@ def worker(spec: dict) -> dict:
             shutil.rmtree(run_dir, ignore_errors=True)
     try:
         tr = make_trainer(ds, cfg, run_dir)
+        plan = dict(getattr(tr, "memory_plan", None) or {})
         records = []
         s = fit(tr)
         tr.close()
@@ -116,7 +117,10 @@ def worker(spec: dict) -> dict:
             "history_bytes_ratio": moved / max(1, hist_rows_min * row_bytes),
             "patched_rows": sum(r["patched_from_pending"] + r["patched_from_table"] for r in last),
             "cache_hit_rate": last[-1].get("cache_hit_rate"), "test_acc": records[-1].get("test_acc"),
-            "peak_rss_bytes": s["peak_rss_bytes"], "batches_per_epoch": last[-1]["batches"]}
+            "peak_rss_bytes": s["peak_rss_bytes"], "peak_anon_rss_bytes": s["peak_anon_rss_bytes"],
+            "batches_per_epoch": last[-1]["batches"], "prefetch_depth": plan.get("prefetch_depth"),
+            "planned_peak_anon_bytes": plan.get("planned_peak_anon_bytes"),
+            "mapped_window_bytes": plan.get("mapped_window_bytes")}
 
 
 def read_floor(ds, cfg, run_dir: Path) -> dict:
@@ -183,6 +187,7 @@ def main() -> None:
     ap.add_argument("--skip-pyg", action="store_true")
     ap.add_argument("--only", nargs="*", help="run only these configurations (ooc, ooc_no_prefetch, reads, ram, pyg_full_batch); "
                     "reads: the out-of-core run's loader alone, no model step (the epoch's read time)")
+    ap.add_argument("--out", default="bench_epoch", help="basename of the JSON in benchmarks/out (default bench_epoch)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -222,19 +227,21 @@ def main() -> None:
     floor = reads["epoch_time_s"] / ram["epoch_time_s"] if "epoch_time_s" in reads and "epoch_time_s" in ram else None
     report = {"machine": machine(), "args": vars(args), "cgroup": cg is not None, "results": results,
               "ooc_vs_ram_epoch_ratio": ratio, "reads_vs_ram_epoch_ratio": floor}
-    print(f"{'run':18} {'epoch s':>8} {'io wait':>8} {'hist moved/min':>14} {'test acc':>8} {'peak RSS MB':>11}")
+    print(f"{'run':18} {'epoch s':>8} {'io wait':>8} {'hist moved/min':>14} {'test acc':>8} {'peak RSS MB':>11} "
+          f"{'anon MB':>8} {'depth':>5}")
     for name, r in results.items():
         if "error" in r:
             print(f"{name:18} error: {r['error']}")
             continue
         f = lambda k, fmt: (fmt % r[k]) if r.get(k) is not None else "-"  # noqa: E731
         print(f"{name:18} {f('epoch_time_s', '%.2f'):>8} {f('io_wait_fraction', '%.3f'):>8} "
-              f"{f('history_bytes_ratio', '%.3f'):>14} {f('test_acc', '%.3f'):>8} {r['peak_rss_bytes'] / 1e6:>11.0f}")
+              f"{f('history_bytes_ratio', '%.3f'):>14} {f('test_acc', '%.3f'):>8} {r['peak_rss_bytes'] / 1e6:>11.0f} "
+              f"{(r.get('peak_anon_rss_bytes') or 0) / 1e6:>8.0f} {f('prefetch_depth', '%d'):>5}")
     print(f"out-of-core / in-RAM epoch time: {ratio:.2f}" if ratio else "ratio unavailable")
     if floor:
         print(f"out-of-core reads alone / in-RAM epoch time: {floor:.2f}")
     OUT_DIR.mkdir(parents=True, exist_ok=True)
-    (OUT_DIR / "bench_epoch.json").write_text(json.dumps(report, indent=2))
+    (OUT_DIR / f"{args.out}.json").write_text(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

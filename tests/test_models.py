@@ -299,15 +299,19 @@ def test_cache_built_in_inference_mode_serves_training(name: str) -> None:
 
 
 @pytest.mark.parametrize("fast", [True, False])
-def test_reused_buffer_dropout_is_bitwise_f_dropout(fast, monkeypatch) -> None:
+@pytest.mark.parametrize("chunk", [1 << 20, 50])
+def test_reused_buffer_dropout_is_bitwise_f_dropout(fast, chunk, monkeypatch) -> None:
     """Masks, outputs, gradients and the generator state afterwards equal ``F.dropout``'s.
 
     Batches grow and shrink (buffers regrow and are reused), the first use is inside
     ``inference_mode`` (a REST refresh) and later ones train; ``fast=False`` is the
-    fallback that draws with ``bernoulli_`` into the reused buffer.
+    fallback that draws with ``bernoulli_`` into the reused buffer.  The mask kept for
+    backward is one byte per element, scaled a chunk at a time (``chunk`` 50 elements:
+    many chunks per batch).
     """
     from oocgnn.models import dropout as d
 
+    monkeypatch.setattr(d, "_CHUNK", chunk)
     if fast:
         assert d.fast_mask_ok(), "the MT19937 kernel should match this torch build's generator"
     else:
@@ -332,6 +336,7 @@ def test_reused_buffer_dropout_is_bitwise_f_dropout(fast, monkeypatch) -> None:
         (y2 @ w).square().sum().backward()
         assert torch.equal(y, y2) and torch.equal(g_h, h.grad) and torch.equal(g_hh, hh.grad)
         assert torch.equal(state, torch.get_rng_state())
+        assert bufs._bufs[("s", "mask")].dtype == torch.uint8  # a byte per element kept for backward
     x = torch.randn(9, 24)
     assert d.dropout([x], 0.5, False, bufs, "s") is x  # evaluation: no dropout, no copy
 

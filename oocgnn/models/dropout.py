@@ -73,7 +73,7 @@ def _mt_mask(mt: np.ndarray, pos: np.ndarray, keep: float, scale: np.float32, ou
     left, nxt = pos[0], pos[1]
     thr = np.uint64(np.ceil(keep * 9007199254740992.0))
     mask53 = np.uint64((1 << 53) - 1)
-    zero = np.float32(0.0)
+    zero = scale - scale  # 0 of out's type: float32 scaled masks or uint8 keep flags
     tw = np.empty(_N, np.uint32)
     avail = left - 1
     p = nxt
@@ -122,12 +122,17 @@ def _mt_mask(mt: np.ndarray, pos: np.ndarray, keep: float, scale: np.float32, ou
 
 
 def _fast_mask(noise: torch.Tensor, keep: float, scale: float) -> None:
-    """Fill contiguous float32 ``noise`` with the scaled mask, advancing torch's CPU generator."""
+    """Fill contiguous ``noise`` with the mask, advancing torch's CPU generator.
+
+    float32 ``noise`` gets the scaled mask (``scale`` or 0), uint8 the keep flags (1 or 0):
+    the same draws either way.
+    """
     state = torch.get_rng_state()
     raw = state.numpy()
     mt = raw[_STATE:_STATE + 8 * _N].view(np.uint64).astype(np.uint32)
     pos = np.array([raw[_LEFT:_LEFT + 4].view(np.int32)[0], raw[_NEXT:_NEXT + 8].view(np.uint64)[0]], np.int64)
-    _mt_mask(mt, pos, keep, np.float32(scale), noise.view(-1).numpy())
+    value = np.uint8(1) if noise.dtype == torch.uint8 else np.float32(scale)
+    _mt_mask(mt, pos, keep, value, noise.view(-1).numpy())
     raw[_STATE:_STATE + 8 * _N].view(np.uint64)[:] = mt
     raw[_LEFT:_LEFT + 4].view(np.int32)[0] = pos[0]
     raw[_NEXT:_NEXT + 8].view(np.uint64)[0] = pos[1]
@@ -177,22 +182,22 @@ def fast_mask_ok() -> bool:
 
 
 class DropoutBuffers:
-    """Per-site reused float32 buffers (mask, output), regrown to fit when a batch is larger.
+    """Per-site reused buffers (float32 output, uint8 keep mask), regrown to fit when a batch is larger.
 
-    Exactly the largest batch so far, no slack: the memory plan counts a dropout's mask
-    and output among a step's activations (``ACT_TENSORS_PER_LAYER``), and these buffers
-    are those tensors, kept between steps instead of allocated in each.
+    Exactly the largest batch so far, no slack: the memory plan counts a dropout's output
+    and mask among a step's activations (``oocgnn.train.budget``), and these buffers are
+    those tensors, kept between steps instead of allocated in each.
     """
 
     def __init__(self) -> None:
         self._bufs: dict[tuple[str, str], torch.Tensor] = {}
 
-    def get(self, site: str, kind: str, shape: torch.Size) -> torch.Tensor:
+    def get(self, site: str, kind: str, shape: torch.Size, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         n = int(np.prod(shape)) if len(shape) else 1
         buf = self._bufs.get((site, kind))
-        if buf is None or buf.numel() < n:
+        if buf is None or buf.numel() < n or buf.dtype != dtype:
             with torch.inference_mode(False):  # usable by a training step even if first made in a refresh
-                buf = torch.empty(n, dtype=torch.float32)
+                buf = torch.empty(n, dtype=dtype)
             self._bufs[(site, kind)] = buf
         return buf[:n].view(shape)
 
@@ -200,30 +205,52 @@ class DropoutBuffers:
         self._bufs.clear()
 
 
+#: elements per chunk when a uint8 keep mask is turned into the scaled float mask (4 MB of float32)
+_CHUNK = 1 << 20
+
+
+def _times_mask(x: torch.Tensor, keep: torch.Tensor, scale: torch.Tensor, out: torch.Tensor) -> None:
+    """``out = x * (keep * scale)``, the float mask made a chunk at a time: bitwise ``x * noise``.
+
+    The scaled mask holds exactly ``scale`` or 0 in float32, as ``bernoulli_(1 - p).div_(1 - p)``
+    makes it, so the products are those of ``F.dropout``; only a chunk of it ever exists.
+    """
+    rows = max(1, _CHUNK // max(1, x[0].numel() if x.dim() > 1 and x.shape[0] else 1))
+    for s in range(0, x.shape[0], rows):
+        e = min(x.shape[0], s + rows)
+        torch.mul(x[s:e], keep[s:e].to(torch.float32).mul_(scale), out=out[s:e])
+
+
 class _Dropout(torch.autograd.Function):
-    """``out = cat(parts) * noise`` into ``out``; backward ``grad * noise`` split back to the parts."""
+    """``out = cat(parts) * noise`` into ``out``; backward ``grad * noise`` split back to the parts.
+
+    The mask kept for backward is one byte per element (uint8 keep flags), not the float32
+    scaled mask: a quarter of its memory (70 MB of a 183 k x 128 batch per hidden layer).
+    """
 
     @staticmethod
-    def forward(ctx, bufs: tuple[torch.Tensor, torch.Tensor], *parts: torch.Tensor) -> torch.Tensor:
-        noise, out = bufs
+    def forward(ctx, bufs: tuple[torch.Tensor, torch.Tensor], scale: torch.Tensor,
+                *parts: torch.Tensor) -> torch.Tensor:
+        keep, out = bufs
         o = 0
         for x in parts:
             n = x.shape[0]
-            torch.mul(x, noise[o:o + n], out=out[o:o + n])
+            _times_mask(x, keep[o:o + n], scale, out[o:o + n])
             o += n
-        ctx.save_for_backward(noise)
+        ctx.save_for_backward(keep, scale)
         ctx.sizes = [x.shape[0] for x in parts]
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        (noise,) = ctx.saved_tensors
-        g = grad * noise
+        keep, scale = ctx.saved_tensors
+        g = torch.empty_like(grad)
+        _times_mask(grad, keep, scale, g)
         grads, o = [], 0
-        for n, need in zip(ctx.sizes, ctx.needs_input_grad[1:]):
+        for n, need in zip(ctx.sizes, ctx.needs_input_grad[2:]):
             grads.append(g[o:o + n] if need else None)
             o += n
-        return (None, *grads)
+        return (None, None, *grads)
 
 
 def dropout(parts: list[torch.Tensor], p: float, training: bool, bufs: DropoutBuffers, site: str) -> torch.Tensor:
@@ -240,19 +267,26 @@ def dropout(parts: list[torch.Tensor], p: float, training: bool, bufs: DropoutBu
     rows = sum(x.shape[0] for x in parts)
     shape = torch.Size((rows, *x0.shape[1:]))
     keep = 1.0 - p
+    scale = torch.ones(1).div_(keep)  # 1 / (1 - p) rounded as F.dropout's div_ rounds it
     # without a gradient to carry (the input features) the mask is not kept: it is drawn
     # into the output buffer and multiplied in place (x * m == m * x bitwise), one buffer
     needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in parts)
-    noise = bufs.get(site, "mask", shape) if needs_grad else bufs.get(site, "out", shape)
-    if shape.numel() > 0:
-        if fast_mask_ok():
-            _fast_mask(noise, keep, float(torch.ones(1).div_(keep)))
-        else:
-            _torch_mask(noise, keep, keep)
     if not needs_grad:
+        noise = bufs.get(site, "out", shape)
+        if shape.numel() > 0:
+            if fast_mask_ok():
+                _fast_mask(noise, keep, float(scale))
+            else:
+                _torch_mask(noise, keep, keep)
         o = 0
         for x in parts:
             noise[o:o + x.shape[0]].mul_(x)
             o += x.shape[0]
         return noise
-    return _Dropout.apply((noise, bufs.get(site, "out", shape)), *parts)
+    flags = bufs.get(site, "mask", shape, torch.uint8)
+    if shape.numel() > 0:
+        if fast_mask_ok():
+            _fast_mask(flags, keep, float(scale))
+        else:  # bernoulli_'s draws depend on how it is called: draw as F.dropout does, keep the flags
+            flags.copy_(torch.empty(shape).bernoulli_(keep))
+    return _Dropout.apply((flags, bufs.get(site, "out", shape)), scale, *parts)

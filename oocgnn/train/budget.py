@@ -13,7 +13,8 @@ from the process baseline measured when the trainer is built::
                                    one more when slots go back after the forward pass (early release)
   + one subgraph build               build_subgraph temporaries (prefetch thread)
   + activations of one step          autograd state of forward + backward
-  + write-behind pushes              up to ``max_pending + 1`` batches of pushed rows
+  + write-behind pushes              up to ``max_pending + 1`` batches of pushed rows (lowered, down to
+                                   one waiting push, before read-ahead is)
   + runtime reserve                  torch/OpenMP/malloc-arena overhead of the threads
   + row-gather engine buffers        aligned page buffers of oocgnn.io, one per concurrent gather
                                    (features, histories; none with --io-engine mmap)
@@ -47,9 +48,11 @@ from oocgnn.utils.memory import current_anon_rss, format_size
 
 log = logging.getLogger(__name__)
 
-#: autograd state per layer, in units of one [B+H, width] float32 tensor (dropout
-#: mask + output, linear output); one more for the input gradient of the last backward
-ACT_TENSORS_PER_LAYER = 2
+#: autograd state per layer, in units of one [B+H, width] float32 tensor: a dropout's
+#: output and its one-byte keep mask (oocgnn.models.dropout)
+ACT_TENSORS_PER_LAYER = 1.25
+#: a backward through a dropout holds the incoming gradient and its masked copy, both [B+H, width]
+ACT_BACKWARD_TENSORS = 2
 #: backward of a CSR ``sparse.mm`` transposes the adjacency (int64 indices + sort)
 ACT_BYTES_PER_EDGE = 24
 #: policy bookkeeping per cached row (Belady: ids, priority, slot, free stack; LRU: id, last use, free
@@ -59,6 +62,9 @@ CACHE_META_PER_ROW = 2 * 32
 READ_AHEAD_META_PER_ROW = 32
 #: torch runtime, thread stacks and per-thread malloc arenas once training runs
 RUNTIME_RESERVE = 48 << 20
+#: fewest pushes the write-behind queue may hold while the trainer goes on (the plan lowers it from
+#: HistorySet's default when a batch of read-ahead would not fit otherwise)
+MIN_PENDING = 1
 #: peak bytes per halo access of an epoch while the access stream and its next uses are computed
 #: (:func:`oocgnn.cache.plan_accesses`; measured 58: ids, batch index, argsort, next use, unique); 16 stay
 BELADY_BYTES_PER_ACCESS = 64
@@ -122,39 +128,45 @@ def plan_memory(trainer: Any, halo_sizes: np.ndarray, per_slot: int) -> dict[str
     kept = KEPT_BYTES_PER_EDGE * edges + 8 * rows + transposed
     build = BUILD_BYTES_PER_EDGE * edges
     layers = trainer.cfg.model.layers
-    act = (ACT_TENSORS_PER_LAYER * layers + 1) * rows * width * 4 + ACT_BYTES_PER_EDGE * edges
+    act = int((ACT_TENSORS_PER_LAYER * layers + ACT_BACKWARD_TENSORS) * rows * width * 4) + ACT_BYTES_PER_EDGE * edges
 
     sizes = np.sort(np.diff(np.asarray(trainer.partition_ptr, dtype=np.int64)))[::-1]
     batch_rows = int(sizes[: max(1, cfg.train.parts_per_batch)].sum())
     hs = trainer.histories
     push = sum(t.channels * t.array.dtype.itemsize for t in hs.tables) * batch_rows + 16 * batch_rows
-    pushes = (hs._max_pending + 1) * push + RUNTIME_RESERVE + engine_bytes(trainer)
+    fixed = RUNTIME_RESERVE + engine_bytes(trainer)
 
     # a slot handed back after the forward pass (Trainer.early_release) is refilled while the batch it
     # held still runs backward: one more batch CSR is alive than there are slots
     early = kept if getattr(trainer, "early_release", False) else 0
 
-    def need(depth: int) -> int:
-        return (depth + 1) * (per_slot + kept) + early + build + act + pushes
+    def need(depth: int, pending: int) -> int:
+        return (depth + 1) * (per_slot + kept) + early + build + act + (pending + 1) * push + fixed
 
     on_disk = [t for t in hs.tables if t.path is not None]
     maps_rows = "mmap" if cfg.io.io_engine == "mmap" and not cfg.io.in_memory else "engine"
     window = mapped_window(budget, maps_rows, sum(t.row_bytes for t in on_disk) * batch_rows)
     room = budget - baseline - window
-    depth = cfg.io.prefetch
-    while depth > 0 and need(depth) > room:
-        depth -= 1
-    if need(depth) > room:
+    # read-ahead first, then the write-behind queue (pushes wait for the writer sooner), then the caches:
+    # a batch read ahead hides a whole batch's reads, a queued push only smooths the writer
+    depth, pending = cfg.io.prefetch, hs._max_pending
+    while need(depth, pending) > room and (depth > 0 or pending > MIN_PENDING):
+        if pending > MIN_PENDING:
+            pending -= 1
+        else:
+            depth, pending = depth - 1, hs._max_pending
+    pushes = (pending + 1) * push + fixed
+    if need(depth, pending) > room:
         raise ConfigError(
             f"--memory-budget {format_size(budget)} cannot hold one batch: process baseline {format_size(baseline)} + "
             f"mapped-page window {format_size(window)} + "
             f"staging ring {format_size(per_slot)} + subgraph {format_size(kept + build)} + activations "
-            f"{format_size(act)} + write-behind {format_size(pushes)} = {format_size(baseline + need(0))} (largest batch {rows:,} rows, {edges:,} edges); "
+            f"{format_size(act)} + write-behind {format_size(pushes)} = {format_size(baseline + need(0, pending))} (largest batch {rows:,} rows, {edges:,} edges); "
             f"use fewer --parts-per-batch or more partitions (oocgnn prepare --partitions), or raise the budget")
     if depth < cfg.io.prefetch:
         log.warning("--prefetch %d does not fit --memory-budget %s: reading %d batch(es) ahead", cfg.io.prefetch,
                     format_size(budget), depth)
-    left = room - need(depth)
+    left = room - need(depth, pending)
     stream = BELADY_BYTES_PER_ACCESS * int(np.sum(halo_sizes)) if cfg.io.cache != "none" else 0
     with_stream = 0 < stream <= ACCESS_STREAM_MAX_SHARE * left
     policy = cfg.io.cache if with_stream or cfg.io.cache == "none" else "lru"
@@ -168,7 +180,8 @@ def plan_memory(trainer: Any, halo_sizes: np.ndarray, per_slot: int) -> dict[str
             "staging_ring_bytes": (depth + 1) * per_slot, "subgraph_bytes": (depth + 1) * kept + early + build,
             "activation_bytes": act, "writebehind_and_runtime_bytes": pushes, "belady_bytes": belady, "cache_room_bytes": max(0, left - belady),
             "cache_policy": policy, "cache_shadow": with_stream,
-            "planned_peak_anon_bytes": baseline + need(depth), "batch_edges": edges,
+            "planned_peak_anon_bytes": baseline + need(depth, pending), "batch_edges": edges,
+            "write_behind_pending": pending,
             "transpose_bytes": (depth + 1) * transposed,
             # a layer-wise sweep: one layer, forward only (its output and the propagated input)
             "sweep_activation_bytes": 2 * rows * width * 4}

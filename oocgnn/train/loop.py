@@ -169,6 +169,7 @@ class Trainer:
         self.memory_plan = plan_memory(self, halo, per_slot)
         self.prefetch_depth = self.memory_plan["prefetch_depth"]
         self._releaser.set_window(self.memory_plan["mapped_window_bytes"])  # what the engine in use maps
+        self.histories._max_pending = self.memory_plan["write_behind_pending"]
         n_slots = self.prefetch_depth + 1
         self.slots = [Slot(self.max_rows, self.max_halo, width, list(self.model.history_channels), pin)
                       for _ in range(n_slots)]

@@ -1,10 +1,18 @@
 """``oocgnn prepare SOURCE ... --out STORE``: convert a dataset into a store.
 
-Sources: ``ogbn-papers100M`` and ``mag240m`` (exact OGB layouts, streamed),
-``synthetic`` (generated, up to billions of edges), ``pyg`` (any
-``torch_geometric.datasets`` class taking ``(root, name)``).  Re-running the
-same command resumes a killed build; a finished store of the same inputs is
-reused unless ``--overwrite``.
+Sources: ``ogb`` (OGB node-property downloads by name: ogbn-arxiv, ogbn-products,
+ogbn-papers100M), ``arrays`` (your own graph: .npy edges, features, labels and
+splits; edges also as csv), ``ondisk`` (a DGL GraphBolt OnDiskDataset folder with
+its metadata.yaml), ``ogbn-papers100M`` and ``mag240m`` (exact OGB layouts,
+streamed), ``synthetic`` (generated, up to billions of edges), ``pyg`` (any
+``torch_geometric.datasets`` class taking ``(root, name)``).  Every source is
+streamed in bounded RAM; features holding NaN or infinities are refused, naming
+the first such row.  Re-running the same command resumes a killed build; a
+finished store of the same inputs is reused unless ``--overwrite``.
+
+    oocgnn prepare ogb --name ogbn-products --root ~/data --out stores/products
+    oocgnn prepare arrays --edge-index E.npy --node-feat X.npy --node-label Y.npy --out stores/mine
+    oocgnn prepare ondisk --root ~/data/my_graphbolt_dataset --out stores/gb
 """
 from __future__ import annotations
 
@@ -46,6 +54,39 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     kinds = p.add_subparsers(dest="source", metavar="SOURCE", required=True)
 
+    q = kinds.add_parser("ogb", help="an OGB node-property download by name (ogbn-arxiv, ogbn-products, "
+                                     "ogbn-papers100M), read offline")
+    q.add_argument("--name", required=True,
+                   help="ogbn-arxiv or ogbn-products (csv.gz download), ogbn-papers100M (npz); metadata from ogb's "
+                        "master.csv (ogbn-proteins and ogbn-mag are refused: no node features / heterogeneous)")
+    q.add_argument("--root", required=True, type=Path,
+                   help="folder holding the unzipped dataset folder (ogbn_arxiv/ or arxiv/, ...), or that folder")
+    _common(q)
+
+    q = kinds.add_parser("arrays", help="your own graph: .npy edge index, features, labels (edges also csv)")
+    q.add_argument("--edge-index", required=True, type=Path,
+                   help="edges: .npy of shape (2, E) or (E, 2), integer node ids; or .csv / .csv.gz lines 'src,dst' "
+                        "(no header)")
+    q.add_argument("--node-feat", required=True, type=Path,
+                   help="features: .npy [N, F] float16/32/64 (read in blocks, any size); N = its rows")
+    q.add_argument("--node-label", required=True, type=Path,
+                   help="labels: .npy [N] or [N, 1] integer classes (-1 = unlabelled; classes = max + 1), or [N, T] "
+                        "0/1 targets with NaN = unknown (a multi-label task)")
+    for name in ("train", "valid", "test"):
+        q.add_argument(f"--{name}-idx", type=Path, default=None,
+                       help=f"{name} nodes: .npy of node ids or a boolean mask [N] (give all three, or none)")
+    q.add_argument("--split-ratio", default=None,
+                   help="without split files: TRAIN,VALID,TEST fractions of the labelled nodes, split at random "
+                        "(default 0.8,0.1,0.1)")
+    q.add_argument("--split-seed", type=int, default=0, help="seed of the --split-ratio split (default 0)")
+    _common(q)
+
+    q = kinds.add_parser("ondisk", help="a DGL GraphBolt OnDiskDataset folder (metadata.yaml)")
+    q.add_argument("--root", required=True, type=Path,
+                   help="the folder holding metadata.yaml (its preprocessed/ folder is ignored): one untyped node "
+                        "and edge entry, node feature 'feat', one node-classification task")
+    _common(q)
+
     q = kinds.add_parser("ogbn-papers100M", help="OGB ogbn-papers100M download (raw/data.npz layout)")
     q.add_argument("--root", required=True, type=Path,
                    help="folder holding ogbn_papers100M/ or papers100M-bin/ (or that folder itself)")
@@ -79,6 +120,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def make_source(args: argparse.Namespace):
     """The GraphSource for the parsed ``prepare`` arguments."""
+    if args.source == "ogb":
+        from oocgnn.prepare.sources.ogb import make_ogb_source
+        return make_ogb_source(args.name, args.root, undirected=args.undirected, progress=args.progress)
+    if args.source == "arrays":
+        from oocgnn.prepare.sources.arrays import ArraysSource, parse_split_ratio
+        ratio = parse_split_ratio(args.split_ratio) if args.split_ratio is not None else None
+        return ArraysSource(args.edge_index, args.node_feat, args.node_label, train_idx=args.train_idx,
+                            valid_idx=args.valid_idx, test_idx=args.test_idx, split_ratio=ratio,
+                            split_seed=args.split_seed, progress=args.progress)
+    if args.source == "ondisk":
+        from oocgnn.prepare.sources.ondisk import OnDiskSource
+        return OnDiskSource(args.root, progress=args.progress)
     if args.source == "ogbn-papers100M":
         from oocgnn.prepare.sources.ogbn_papers import Papers100MSource
         return Papers100MSource(args.root)

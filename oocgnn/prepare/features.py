@@ -27,14 +27,39 @@ from oocgnn.store.npyfile import NpyWriter
 from oocgnn.utils.buffers import aligned_rows, empty_aligned
 
 
-def _checked_blocks(blocks: Iterable[np.ndarray], num_nodes: int, num_features: int, what: str):
+def _first_bad_row(block: np.ndarray, limit: float) -> int | None:
+    """Index of the first row of ``block`` holding NaN, an infinity, or a value past ``limit``
+    (the largest finite value of the store's dtype), or None.  The common case costs two
+    reductions and no copy (a NaN makes ``max`` NaN, and every comparison with NaN is False)."""
+    if block.dtype.kind == "b" or not block.size:
+        return None
+    if -limit <= block.min() and block.max() <= limit:
+        return None
+    with np.errstate(invalid="ignore"):
+        ok = (block >= -limit) & (block <= limit)
+    return int(np.flatnonzero(~ok.all(axis=1))[0])
+
+
+def _checked_blocks(blocks: Iterable[np.ndarray], num_nodes: int, num_features: int, what: str,
+                    dtype: np.dtype):
+    """``(first row, block)`` pairs, refusing wrong widths, wrong row counts, and values the store
+    could not hold: NaN and infinities (which would train silently to chance), and finite values
+    past the store dtype's range (float16: 65504), named by their first row (= original node id)."""
     seen = 0
+    limit = float(np.finfo(dtype).max)
     for block in blocks:
         block = np.asarray(block)
         if block.ndim != 2 or block.shape[1] != num_features:
             raise InputError(f"{what}: feature block of shape {block.shape}, expected (rows, {num_features})")
         if seen + block.shape[0] > num_nodes:
             raise InputError(f"{what}: more than {num_nodes} feature rows; node count and features disagree")
+        bad = _first_bad_row(block, limit)
+        if bad is not None:
+            row = block[bad]
+            finite = bool(np.isfinite(row).all()) if row.dtype.kind in "fc" else True
+            problem = (f"a value beyond the range of {dtype.name} ({limit:g}); use --feature-dtype float32 or "
+                       f"rescale the features" if finite else "NaN or infinity; fix or impute that row")
+            raise InputError(f"{what}: feature row {seen + bad} (original node id) holds {problem}, then re-run")
         yield seen, block
         seen += block.shape[0]
     if seen != num_nodes:
@@ -72,7 +97,7 @@ def write_permuted_features(blocks: Iterable[np.ndarray], inv_perm: np.ndarray, 
             _range_passes(blocks, blocks_again, inv_perm, writer, range_rows, num_features, dtype, what, bar)
         elif num_nodes * row_bytes <= memory_budget // 2:
             table = empty_aligned((num_nodes, num_features), dtype)
-            for start, block in _checked_blocks(blocks, num_nodes, num_features, what):
+            for start, block in _checked_blocks(blocks, num_nodes, num_features, what, dtype):
                 table[inv_perm[start:start + len(block)]] = block
                 bar.update(len(block))
             step = aligned_rows(row_bytes)
@@ -96,7 +121,7 @@ def _range_passes(blocks, blocks_again, inv_perm: np.ndarray, writer: NpyWriter,
     step = aligned_rows(num_features * dtype.itemsize)
     for k, lo in enumerate(range(0, num_nodes, range_rows)):
         hi = min(lo + range_rows, num_nodes)
-        for start, block in _checked_blocks(blocks if k == 0 else blocks_again(), num_nodes, num_features, what):
+        for start, block in _checked_blocks(blocks if k == 0 else blocks_again(), num_nodes, num_features, what, dtype):
             new = inv_perm[start:start + len(block)]
             if lo == 0 and hi == num_nodes:  # one range: every row is kept
                 table[new] = block
@@ -121,7 +146,7 @@ def _bucketed(blocks, inv_perm, writer: NpyWriter, workdir: Path, num_features: 
     id_files = [open(bdir / f"{b:05d}.ids", "wb") for b in range(num_buckets)]
     row_files = [open(bdir / f"{b:05d}.rows", "wb") for b in range(num_buckets)]
     try:
-        for start, block in _checked_blocks(blocks, num_nodes, num_features, what):
+        for start, block in _checked_blocks(blocks, num_nodes, num_features, what, dtype):
             new = inv_perm[start:start + len(block)]
             bucket = new // bucket_rows
             order = np.argsort(bucket, kind="stable")

@@ -240,7 +240,8 @@ def prepare_store(source: GraphSource, out: str | Path, options: PrepareOptions 
         again = (lambda: source.iter_features(rows)) if getattr(source, "cheap_feature_rereads", False) else None
         c = write_permuted_features(source.iter_features(rows),
                                     inv_perm, out / fmt.FEATURES, work, num_features=info.num_features,
-                                    dtype=options.feature_dtype, memory_budget=memory_budget, what=what,
+                                    dtype=options.feature_dtype, memory_budget=memory_budget,
+                                    what=getattr(source, "feature_input", None) or what,
                                     progress=progress, blocks_again=again)
         return {"checksums": {fmt.FEATURES: c}}
 

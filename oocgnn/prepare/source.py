@@ -29,6 +29,9 @@ class SourceInfo:
     directed: bool = True          #: whether the source's edge list is directed
     ogb_evaluator: str | None = None   #: name for ogb.nodeproppred.Evaluator, if any
     split_note: str = ""           #: e.g. "public split", "seeded random split (seed 0)"
+    #: "multiclass": labels() is [N] int64, -1 = unlabelled, classes in [0, num_classes);
+    #: "multilabel": labels() is [N, num_classes] float32 of 0/1, NaN = unknown (num_classes = T targets)
+    task: str = "multiclass"
     extra: dict[str, Any] = field(default_factory=dict)  #: recorded verbatim in the manifest
 
 
@@ -56,7 +59,8 @@ class GraphSource(Protocol):
         """Yield consecutive row blocks ``[b, F]`` of the features in original order."""
 
     def labels(self) -> np.ndarray:
-        """[N] int64 labels, -1 where unlabelled (NaN / -1 in OGB files)."""
+        """[N] int64 labels, -1 where unlabelled (NaN / -1 in OGB files); for ``info().task ==
+        "multilabel"`` a float32 ``[N, T]`` array of 0/1 with NaN where a target is unknown."""
 
     def splits(self) -> dict[str, np.ndarray]:
         """``{"train": ids, "valid": ids, "test": ids}`` in original ids (int64)."""
@@ -69,5 +73,6 @@ class GraphSource(Protocol):
         Optional extras the builder looks for with ``getattr``: a bool attribute
         ``cheap_feature_rereads`` (features re-read at file speed, so the feature
         stage may read them twice instead of writing bucket files) and ``close()``
-        (stop background work such as a spill thread).
+        (stop background work such as a spill thread), and a str attribute ``feature_input``
+        naming the features' file in errors (e.g. the first row holding NaN).
         """

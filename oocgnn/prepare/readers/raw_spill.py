@@ -29,7 +29,7 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -43,25 +43,29 @@ class BackgroundSpill:
     """:func:`spill_to_raw` on a named daemon thread; :meth:`wait` returns its info or re-raises its error.
 
     :meth:`close` asks the thread to stop (the partial temp file is removed) and joins it.
+    ``spill``: another copy routine taking the stop event (e.g. parsing a csv file,
+    :func:`oocgnn.prepare.readers.csv_blocks.spill_csv`); :meth:`wait` returns its result.
     """
 
-    def __init__(self, path: str | os.PathLike, member: str, dest: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, member: str, dest: str | os.PathLike, *,
+                 spill: Callable[[threading.Event], Any] | None = None) -> None:
         self.path, self.member, self.dest = Path(path), member, Path(dest)
+        self._spill = spill or (lambda stop: spill_to_raw(self.path, self.member, self.dest, stop=stop))
         self._stop = threading.Event()
         self._error: BaseException | None = None
-        self._info: NpyMemberInfo | None = None
+        self._info: Any = None
         self._thread = threading.Thread(target=self._run, name=f"oocgnn-spill-{member}", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         try:
-            self._info = spill_to_raw(self.path, self.member, self.dest, stop=self._stop)
+            self._info = self._spill(self._stop)
         except SpillCancelled:
             log.info("spill of %s member %s cancelled", self.path, self.member)
         except BaseException as exc:  # handed to the caller of wait()
             self._error = exc
 
-    def wait(self) -> NpyMemberInfo:
+    def wait(self) -> Any:
         self._thread.join()
         if self._error is not None:
             raise self._error

@@ -155,6 +155,7 @@ class MAG240MSource:
         proc = self.dir / "processed"
         self.meta_path, self.split_path = self.dir / "meta.pt", self.dir / "split_dict.pt"
         self.feat_path = proc / "paper" / "node_feat.npy"
+        self.feature_input = str(self.feat_path)  #: named in errors (author/institution rows are its means)
         self.label_path = proc / "paper" / "node_label.npy"
         self.edge_paths = {k: proc / v / "edge_index.npy" for k, v in _REL.items()}
         self._scratch: dict[str, Path] | None = None

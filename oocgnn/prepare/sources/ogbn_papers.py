@@ -108,6 +108,7 @@ class Papers100MSource:
         self.dir = resolve_dataset_dir(root, FOLDER_NAMES, "raw/data.npz")
         self.data_path = self.dir / "raw" / "data.npz"
         self.label_path = self.dir / "raw" / "node-label.npz"
+        self.feature_input = f"{self.data_path} member node_feat.npy"  #: named in errors
         self.split_dir = self.dir / "split" / "time"
         self._spill_path: Path | None = None          #: node_feat's raw spill
         self._feat_spill: BackgroundSpill | None = None

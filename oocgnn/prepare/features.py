@@ -33,7 +33,9 @@ def _first_bad_row(block: np.ndarray, limit: float) -> int | None:
     reductions and no copy (a NaN makes ``max`` NaN, and every comparison with NaN is False)."""
     if block.dtype.kind == "b" or not block.size:
         return None
-    if -limit <= block.min() and block.max() <= limit:
+    if block.dtype.kind == "f":  # a limit past the block's own range would be cast to inf and pass inf
+        limit = min(limit, float(np.finfo(block.dtype).max))
+    if -limit <= float(block.min()) and float(block.max()) <= limit:
         return None
     with np.errstate(invalid="ignore"):
         ok = (block >= -limit) & (block <= limit)
@@ -56,9 +58,13 @@ def _checked_blocks(blocks: Iterable[np.ndarray], num_nodes: int, num_features: 
         bad = _first_bad_row(block, limit)
         if bad is not None:
             row = block[bad]
-            finite = bool(np.isfinite(row).all()) if row.dtype.kind in "fc" else True
-            problem = (f"a value beyond the range of {dtype.name} ({limit:g}); use --feature-dtype float32 or "
-                       f"rescale the features" if finite else "NaN or infinity; fix or impute that row")
+            floats = row.dtype.kind in "fc"
+            if floats and np.isnan(row).any():
+                problem = "NaN; fix or impute that row"
+            elif floats and np.isinf(row).any():
+                problem = "an infinity; fix or impute that row"
+            else:
+                problem = f"a value beyond the range of {dtype.name} ({limit:g}); use --feature-dtype float32 or rescale"
             raise InputError(f"{what}: feature row {seen + bad} (original node id) holds {problem}, then re-run")
         yield seen, block
         seen += block.shape[0]

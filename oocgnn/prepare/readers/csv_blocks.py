@@ -50,27 +50,62 @@ def open_text(path: str | os.PathLike) -> IO[bytes]:
     return _gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
 
 
-def _bad(path: Path, first: int, rows: int, exc: BaseException, expect: str) -> InputError:
+def _line_problem(fields: list[bytes], columns: int, integer: bool, missing_is_nan: bool) -> str | None:
+    """Why one csv line is unreadable, or None."""
+    if len(fields) != columns:
+        return f"has {len(fields)} fields, expected {columns}"
+    for j, f in enumerate(fields):
+        f = f.strip()
+        if missing_is_nan and f.lower() in (b"", b"nan"):
+            continue
+        try:
+            value = int(f) if integer else float(f)
+        except ValueError:
+            return f"field {j + 1} is {f.decode(errors='replace')[:40]!r}, not {'an integer' if integer else 'a number'}"
+        if not integer and not np.isfinite(value):
+            return f"field {j + 1} is {f.decode(errors='replace')!r}, not a finite number"
+    return None
+
+
+def _bad(path: Path, first: int, block_rows: int, columns: int, integer: bool, missing_is_nan: bool,
+         exc: BaseException, expect: str) -> InputError:
+    """One line naming the first unreadable line of the block that failed (found by re-reading it in
+    Python, which is slow but runs only on error); pandas' own message if none is found."""
+    row = 0
+    try:
+        with open_text(path) as fh:
+            for line in fh:
+                if not line.strip():
+                    continue  # pandas skips blank lines; rows count the others
+                if row >= first + block_rows:
+                    break
+                if row >= first:
+                    problem = _line_problem(line.strip().split(b","), columns, integer, missing_is_nan)
+                    if problem is not None:
+                        return InputError(f"{path}: line {row + 1} {problem}; the file must hold {expect}")
+                row += 1
+    except (OSError, EOFError, zlib.error):
+        pass
     detail = " ".join(str(exc).split())  # pandas' messages span lines
-    where = f"lines {first + 1}-{first + rows}" if rows else f"after line {first}"
-    return InputError(f"{path}: {where} cannot be parsed ({type(exc).__name__}: {detail}); expected {expect}")
+    return InputError(f"{path}: lines {first + 1}-{first + block_rows} cannot be parsed ({type(exc).__name__}: "
+                      f"{detail}); expected {expect}")
 
 
-def iter_csv_blocks(path: str | os.PathLike, dtype: np.dtype | type, block_rows: int, *, columns: int | None = None,
+def iter_csv_blocks(path: str | os.PathLike, dtype: np.dtype | type, block_rows: int, *, columns: int,
                     missing_is_nan: bool = False, expect: str = "headerless comma-separated numbers",
                     ) -> Iterator[tuple[int, np.ndarray]]:
-    """``(first line index, [k, C] array)`` for consecutive blocks of at most ``block_rows`` lines.
+    """``(first line index, [k, columns] array)`` for consecutive blocks of at most ``block_rows`` lines.
 
-    ``columns``: the width every line must have (checked; else taken from the first line).
     ``missing_is_nan``: empty fields and ``nan`` read as NaN (labels); otherwise they are errors.
-    A header line, a non-numeric field or a ragged line raises one :class:`InputError`
-    naming the file and the lines.
+    A header line, a non-numeric or non-finite field or a line of another width raises one
+    :class:`InputError` naming the file and the line.
     """
     import pandas as pd
 
     path = Path(path)
     dtype = np.dtype(dtype)
-    parse = np.float64 if dtype.kind == "f" else np.int64  # as OGB: float64 text, cast afterwards
+    integer = dtype.kind in "iu"
+    parse = np.int64 if integer else np.float64  # as OGB: float64 text, cast afterwards
     first = 0
     with open_text(path) as fh:
         try:
@@ -78,9 +113,8 @@ def iter_csv_blocks(path: str | os.PathLike, dtype: np.dtype | type, block_rows:
                                  engine="c")
             for frame in reader:
                 block = frame.to_numpy(dtype=dtype, copy=False)
-                if columns is not None and block.shape[1] != columns:
-                    raise InputError(f"{path}: lines {first + 1}-{first + len(block)} have {block.shape[1]} "
-                                     f"fields, expected {columns} ({expect})")
+                if block.shape[1] != columns:
+                    raise _bad(path, first, len(block), columns, integer, missing_is_nan, ValueError(), expect)
                 yield first, block
                 first += len(block)
         except pd.errors.EmptyDataError:
@@ -89,7 +123,7 @@ def iter_csv_blocks(path: str | os.PathLike, dtype: np.dtype | type, block_rows:
         except InputError:
             raise
         except (ValueError, pd.errors.ParserError) as exc:
-            raise _bad(path, first, min(block_rows, 1 << 62), exc, expect) from None
+            raise _bad(path, first, block_rows, columns, integer, missing_is_nan, exc, expect) from None
         except (OSError, EOFError, zlib.error) as exc:
             raise InputError(f"{path} is corrupted or truncated after line {first} ({type(exc).__name__}: "
                              f"{exc}); re-download or re-create it") from None

@@ -194,8 +194,8 @@ def labels_from_array(arr: np.ndarray, where: str) -> tuple[np.ndarray, str, int
             bad = ~((out == 0) | (out == 1) | np.isnan(out))
         if bad.any():
             row = int(np.flatnonzero(bad.any(axis=1))[0])
-            raise InputError(f"{where}: row {row} holds {arr[row][bad[row]][0]!r}; multi-label targets [N, T] must "
-                             f"be 0, 1 or NaN (unknown)")
+            raise InputError(f"{where}: row {row} holds {float(out[row][bad[row]][0]):g}; multi-label targets [N, T] "
+                             f"must be 0, 1 or NaN (unknown)")
         return out, "multilabel", int(arr.shape[1])
     flat = arr.reshape(-1)
     if flat.dtype.kind == "f":
@@ -203,7 +203,7 @@ def labels_from_array(arr: np.ndarray, where: str) -> tuple[np.ndarray, str, int
             bad = ~(np.isnan(flat) | ((flat >= -1) & (flat == np.floor(flat))))
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
-            raise InputError(f"{where}: row {row} holds {flat[row]!r}; class labels must be integers >= 0, "
+            raise InputError(f"{where}: row {row} holds {float(flat[row]):g}; class labels must be integers >= 0, "
                              f"-1 or NaN for unlabelled")
         out = np.nan_to_num(flat, nan=-1.0).astype(np.int64)
     else:
@@ -272,7 +272,11 @@ class FileGraphSource:
         self.feature_input = str(feats.path)
 
     def prepare_scratch(self, workdir: Path) -> None:
+        """Parse a csv edge list once; check labels and splits now, so a bad label or split file
+        fails in seconds rather than after the CSR and partition stages."""
         self.edges.prepare(Path(workdir), self.progress)
+        self.info()
+        self.splits()
 
     def iter_edges(self, block_edges: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         yield from self.edges.blocks(block_edges)
@@ -280,13 +284,26 @@ class FileGraphSource:
     def iter_features(self, block_rows: int) -> Iterator[np.ndarray]:
         yield from self.feats.blocks(block_rows)
 
-    def _info(self, name: str, labels: np.ndarray, task: str, num_classes: int, split_note: str,
-              extra: dict[str, Any]) -> SourceInfo:
+    def read_labels(self) -> tuple[np.ndarray, str, int]:
+        """``(labels, task, num_classes)``, read and checked (subclasses)."""
+        raise NotImplementedError
+
+    @cached_property
+    def _label_facts(self) -> tuple[str, int, int]:
+        """(task, num_classes, labelled nodes): what info() needs, without keeping O(N) labels for the build."""
+        labels, task, classes = self.read_labels()
+        return task, classes, int(labelled_mask(labels).sum())
+
+    def labels(self) -> np.ndarray:
+        return self.read_labels()[0]
+
+    def _info(self, name: str, split_note: str, extra: dict[str, Any]) -> SourceInfo:
+        task, num_classes, labelled = self._label_facts
         return SourceInfo(name=name, num_nodes=self.feats.num_nodes, num_features=self.feats.num_features,
                           num_classes=num_classes, feature_dtype=self.feats.header.dtype.name,
                           num_edges_hint=self.edges.num_edges, directed=True, split_note=split_note, task=task,
                           extra={"edges": str(self.edges.path), "features": str(self.feats.path),
-                                 "labelled_nodes": int(labelled_mask(labels).sum()), **extra})
+                                 "labelled_nodes": labelled, **extra})
 
 
 class ArraysSource(FileGraphSource):
@@ -317,27 +334,22 @@ class ArraysSource(FileGraphSource):
         self.split_ratio = None if self.split_files else tuple(split_ratio or (0.8, 0.1, 0.1))
         self.split_seed = int(split_seed)
 
-    @cached_property
-    def _labels(self) -> tuple[np.ndarray, str, int]:
+    def read_labels(self) -> tuple[np.ndarray, str, int]:
         return labels_from_array(np.load(self.label_path, mmap_mode="r"), f"--node-label {self.label_path}")
 
     def info(self) -> SourceInfo:
-        labels, task, num_classes = self._labels
         if self.split_files:
             note = "splits from " + ", ".join(str(p) for p in self.split_files.values())
         else:
             note = (f"seeded random split {','.join(f'{r:g}' for r in self.split_ratio)} of the labelled nodes "
                     f"(seed {self.split_seed})")
-        return self._info("arrays", labels, task, num_classes, note, {"labels": str(self.label_path)})
+        return self._info("arrays", note, {"labels": str(self.label_path)})
 
     def fingerprint(self) -> dict[str, Any]:
         return {"source": "arrays", "edge_index": self.edges.identity(), "node_feat": self.feats.identity(),
                 "node_label": file_identity(self.label_path),
                 "splits": {k: file_identity(p) for k, p in self.split_files.items()},
                 "split_ratio": self.split_ratio, "split_seed": self.split_seed}
-
-    def labels(self) -> np.ndarray:
-        return self._labels[0]
 
     def splits(self) -> dict[str, np.ndarray]:
         n = self.feats.num_nodes

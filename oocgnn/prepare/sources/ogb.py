@@ -181,6 +181,12 @@ class OgbCsvSource:
                              f"{self.num_edges}; re-download {self.name}")
         self._edges_raw, self._feat_raw = edges_raw, feat_raw
         self.cheap_feature_rereads = True
+        try:  # fail in seconds on a bad label or split file, not after the CSR and partition stages
+            self.labels()
+            self.splits()
+        except BaseException:
+            self.close()
+            raise
 
     def _spill_features(self, dest: Path, stop) -> int:
         rows = spill_csv(self.paths["node-feat.csv.gz"], dest, np.float32, self.num_features, block_rows=1 << 16,

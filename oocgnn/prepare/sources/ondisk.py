@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import logging
 import os
-from functools import cached_property
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -78,6 +77,14 @@ class OnDiskSource(FileGraphSource):
         self.dataset_name = str(meta.get("dataset_name") or self.dir.name)
         self.task_meta = self._task(meta)
         self.sets = {k: self._set_files(self.task_meta, key) for k, key in SETS.items()}
+        for k, files in self.sets.items():  # headers now, before the builder touches --out
+            seeds = npy_header(files["seeds"], f"{self.meta_path} {SETS[k]} seeds")
+            if len(seeds.shape) == 2 and seeds.shape[1] == 2:
+                self._unsupported(f"{SETS[k]} seeds {files['seeds']} are node pairs {seeds.shape} (link prediction)")
+            labels = npy_header(files["labels"], f"{self.meta_path} {SETS[k]} labels")
+            if labels.shape[:1] != seeds.shape[:1]:
+                raise InputError(f"{self.meta_path} {SETS[k]} labels {files['labels']} has {labels.shape} rows for "
+                                 f"{seeds.shape} seeds; the two files of a set need one row per seed")
 
     # -- metadata.yaml -------------------------------------------------------------
     def _unsupported(self, problem: str) -> NoReturn:
@@ -146,23 +153,19 @@ class OnDiskSource(FileGraphSource):
         return {k: self._data_path(data[k], f"{name} {k}") for k in ("seeds", "labels")}
 
     # -- labels and splits ----------------------------------------------------------
-    @cached_property
-    def _tables(self) -> tuple[np.ndarray, dict[str, np.ndarray], str, int]:
+    def read_labels(self) -> tuple[np.ndarray, str, int]:
+        labels, _, task, classes = self._read_sets()
+        return labels, task, classes
+
+    def _read_sets(self) -> tuple[np.ndarray, dict[str, np.ndarray], str, int]:
         """(labels of every node, seeds per split, task, num_classes), read from the task's sets."""
         n = self.feats.num_nodes
         seeds: dict[str, np.ndarray] = {}
         parts: dict[str, tuple[np.ndarray, str, int]] = {}
         for k, files in self.sets.items():
             where = f"{self.meta_path} {SETS[k]}"
-            h = npy_header(files["seeds"], f"{where} seeds")
-            if len(h.shape) == 2 and h.shape[1] == 2:
-                self._unsupported(f"{SETS[k]} seeds {files['seeds']} are node pairs {h.shape} (link prediction)")
             seeds[k] = split_ids(np.load(files["seeds"]), n, f"{where} seeds {files['seeds']}")
-            lab = np.load(files["labels"])
-            if lab.shape[:1] != seeds[k].shape:
-                raise InputError(f"{where} labels {files['labels']} has {lab.shape[0] if lab.ndim else 0} rows for "
-                                 f"{seeds[k].size} seeds; the two files of the set must have one row per seed")
-            parts[k] = labels_from_array(lab, f"{where} labels {files['labels']}")
+            parts[k] = labels_from_array(np.load(files["labels"]), f"{where} labels {files['labels']}")
         tasks = {(t, c if t == "multilabel" else 0) for _, t, c in parts.values()}
         if len(tasks) != 1:
             raise InputError(f"{self.meta_path}: the sets' labels disagree in kind or width ({sorted(tasks)}); "
@@ -185,9 +188,7 @@ class OnDiskSource(FileGraphSource):
 
     # -- GraphSource -------------------------------------------------------------------
     def info(self) -> SourceInfo:
-        labels, _, task, classes = self._tables
-        return self._info(f"graphbolt:{self.dataset_name}", labels, task, classes,
-                          f"GraphBolt task {self.task_meta.get('name', 0)!r} train/validation/test sets",
+        return self._info(f"graphbolt:{self.dataset_name}", f"GraphBolt task {self.task_meta.get('name', 0)!r} train/validation/test sets",
                           {"graphbolt_dir": str(self.dir.resolve()), "task_name": self.task_meta.get("name")})
 
     def fingerprint(self) -> dict[str, Any]:
@@ -195,8 +196,5 @@ class OnDiskSource(FileGraphSource):
                 "edges": self.edges.identity(), "feat": self.feats.identity(),
                 "sets": {k: {n: file_identity(p) for n, p in files.items()} for k, files in self.sets.items()}}
 
-    def labels(self) -> np.ndarray:
-        return self._tables[0]
-
     def splits(self) -> dict[str, np.ndarray]:
-        return {k: v.copy() for k, v in self._tables[1].items()}
+        return self._read_sets()[1]

@@ -83,8 +83,9 @@ class OnDiskSource(FileGraphSource):
                 self._unsupported(f"{SETS[k]} seeds {files['seeds']} are node pairs {seeds.shape} (link prediction)")
             labels = npy_header(files["labels"], f"{self.meta_path} {SETS[k]} labels")
             if labels.shape[:1] != seeds.shape[:1]:
-                raise InputError(f"{self.meta_path} {SETS[k]} labels {files['labels']} has {labels.shape} rows for "
-                                 f"{seeds.shape} seeds; the two files of a set need one row per seed")
+                rows = labels.shape[0] if labels.shape else 0
+                raise InputError(f"{self.meta_path} {SETS[k]} labels {files['labels']} has {rows} rows for "
+                                 f"{seeds.shape[0] if seeds.shape else 0} seeds; a set needs one label row per seed")
 
     # -- metadata.yaml -------------------------------------------------------------
     def _unsupported(self, problem: str) -> NoReturn:

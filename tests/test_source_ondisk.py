@@ -142,6 +142,10 @@ def test_link_prediction_seeds_and_broken_files_are_refused(tmp_path, graph, cap
     np.save(d / "set" / "train_seeds.npy", graph["edge_index"][:, :10].T)  # node pairs: link prediction
     r = run_main(capsys, "prepare", "ondisk", "--root", str(d), "--out", str(tmp_path / "s"))
     assert_one_line_error(r, "train_seeds.npy", "link prediction")
+    np.save(d / "set" / "train_seeds.npy", graph["splits"]["train"])
+    np.save(d / "set" / "train_labels.npy", graph["y"][graph["splits"]["train"]][:-1])
+    r = run_main(capsys, "prepare", "ondisk", "--root", str(d), "--out", str(tmp_path / "s"))
+    assert_one_line_error(r, "train_labels.npy", "one label row per seed")
     (d / "metadata.yaml").write_text("graph: [unclosed\n")
     assert_one_line_error(run_main(capsys, "prepare", "ondisk", "--root", str(d), "--out", str(tmp_path / "s")),
                           "metadata.yaml", "not valid YAML")

@@ -40,10 +40,9 @@ from oocgnn.errors import ConfigError, InputError, InputNotFoundError
 from oocgnn.prepare.readers.csv_blocks import csv_width, iter_csv_blocks, read_csv_column, spill_csv
 from oocgnn.prepare.readers.npy_stream import NpyMemberInfo
 from oocgnn.prepare.readers.raw_spill import BackgroundSpill, iter_raw_edge_blocks, iter_raw_row_blocks
-from oocgnn.prepare.readers.torch_zip import load_torch_pickle
 from oocgnn.prepare.source import SourceInfo
 from oocgnn.prepare.sources.arrays import check_ids
-from oocgnn.prepare.sources.ogbn_papers import (SPLIT_NAMES, check_split_ids, float_labels_to_int,
+from oocgnn.prepare.sources.ogbn_papers import (float_labels_to_int, ogb_split_files, read_ogb_splits,
                                                 resolve_dataset_dir)
 
 log = logging.getLogger(__name__)
@@ -131,8 +130,7 @@ class OgbCsvSource:
         return int(values[0])
 
     def _split_files(self) -> list[Path]:
-        pt = self.split_dir / "split_dict.pt"  # OGB prefers it when present
-        return [pt] if pt.is_file() else [self.split_dir / f"{k}.csv.gz" for k in SPLIT_NAMES]
+        return ogb_split_files(self.split_dir)
 
     # -- GraphSource -----------------------------------------------------------------
     def info(self) -> SourceInfo:
@@ -252,11 +250,4 @@ class OgbCsvSource:
         return labels
 
     def splits(self) -> dict[str, np.ndarray]:
-        files = self._split_files()
-        if files[0].name == "split_dict.pt":
-            obj = load_torch_pickle(files[0])
-            if not isinstance(obj, dict) or not all(k in obj for k in SPLIT_NAMES):
-                raise InputError(f"{files[0]} must be a dict with keys train/valid/test; re-download it")
-            return {k: check_split_ids(obj[k], self.num_nodes, f"{files[0]} [{k!r}]") for k in SPLIT_NAMES}
-        return {k: check_split_ids(read_csv_column(p, np.int64, expect="one node id per line"), self.num_nodes, str(p))
-                for k, p in zip(SPLIT_NAMES, files)}
+        return read_ogb_splits(self._split_files(), self.num_nodes)

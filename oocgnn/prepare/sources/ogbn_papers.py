@@ -90,6 +90,22 @@ def check_split_ids(ids: Any, num_nodes: int, where: str) -> np.ndarray:
     return arr
 
 
+def ogb_split_files(split_dir: Path) -> list[Path]:
+    """OGB's split files: ``split_dict.pt`` when present (OGB's ``get_idx_split`` prefers it), else the csv.gz."""
+    pt = split_dir / "split_dict.pt"
+    return [pt] if pt.is_file() else [split_dir / f"{k}.csv.gz" for k in SPLIT_NAMES]
+
+
+def read_ogb_splits(files: list[Path], num_nodes: int) -> dict[str, np.ndarray]:
+    """train / valid / test node ids from :func:`ogb_split_files`, each checked against ``num_nodes``."""
+    if files[0].name == "split_dict.pt":
+        obj = load_torch_pickle(files[0])
+        if not isinstance(obj, dict) or not all(k in obj for k in SPLIT_NAMES):
+            raise InputError(f"{files[0]} must be a dict with keys train/valid/test; re-download it")
+        return {k: check_split_ids(obj[k], num_nodes, f"{files[0]} [{k!r}]") for k in SPLIT_NAMES}
+    return {k: check_split_ids(read_id_list_gz(p), num_nodes, str(p)) for k, p in zip(SPLIT_NAMES, files)}
+
+
 def float_labels_to_int(block: np.ndarray, where: str) -> np.ndarray:
     """NaN and negative values -> -1; the rest must be integral class ids."""
     out = np.full(block.shape[0], -1, dtype=np.int64)
@@ -162,8 +178,7 @@ class Papers100MSource:
         )
 
     def _split_files(self) -> list[Path]:
-        pt = self.split_dir / "split_dict.pt"
-        return [pt] if pt.is_file() else [self.split_dir / f"{k}.csv.gz" for k in SPLIT_NAMES]
+        return ogb_split_files(self.split_dir)
 
     def fingerprint(self) -> dict[str, Any]:
         files = {}
@@ -251,11 +266,4 @@ class Papers100MSource:
         return out
 
     def splits(self) -> dict[str, np.ndarray]:
-        n = self._shapes["num_nodes"]
-        files = self._split_files()
-        if files[0].name == "split_dict.pt":
-            obj = load_torch_pickle(files[0])
-            if not isinstance(obj, dict) or not all(k in obj for k in SPLIT_NAMES):
-                raise InputError(f"{files[0]} must be a dict with keys train/valid/test; re-download it")
-            return {k: check_split_ids(obj[k], n, f"{files[0]} [{k!r}]") for k in SPLIT_NAMES}
-        return {k: check_split_ids(read_id_list_gz(p), n, str(p)) for k, p in zip(SPLIT_NAMES, files)}
+        return read_ogb_splits(self._split_files(), self._shapes["num_nodes"])

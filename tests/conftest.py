@@ -21,3 +21,7 @@ def shared_datasets() -> Path:
     if not (SHARED_DATASETS / "Planetoid" / "Cora" / "raw").is_dir():
         pytest.skip(f"real datasets not found at {SHARED_DATASETS}")
     return SHARED_DATASETS
+
+# every sparse CSR tensor the code builds (batches, their transposes, SAGE/VISAGNN matrices) is checked
+# against torch's invariants, sorted unique columns per row included: cuSPARSE assumes them
+torch.sparse.check_sparse_tensor_invariants.enable()

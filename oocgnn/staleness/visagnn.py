@@ -213,7 +213,7 @@ class StalenessAwareMixin:
         old_sum = torch.zeros(b, dtype=val.dtype, device=val.device).index_add(0, row, val)
         new_sum = torch.zeros(b, dtype=val.dtype, device=val.device).index_add(0, row, new)
         scale = torch.where(new_sum > 0, old_sum / new_sum.clamp(min=1e-30), torch.zeros_like(new_sum))
-        return torch.sparse_csr_tensor(crow, col, new * scale[row], size=base.shape, check_invariants=False)
+        return torch.sparse_csr_tensor(crow, col, new * scale[row], size=base.shape, check_invariants=None)
 
     def _layer(self, layer: int, x: Tensor, batch: SubgraphBatch, state: State) -> Tensor:
         aug = self.visa.augment

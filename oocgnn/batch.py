@@ -44,6 +44,10 @@ class SubgraphBatch:
             was last pushed (-1 = never written); for staleness-aware models.
         adj_t_T: [B+H, B] sparse CSR, the transpose of ``adj_t`` (training batches of
             models with ``uses_adj_transpose``), else None.
+        train_index: [L] int64 positions of the batch rows in the training split (the ``True``
+            entries of ``train_mask``, taken on the host), or None.  ``logits[train_index]``
+            selects what ``logits[train_mask]`` does without a device-to-host sync.
+        num_labelled: L, counted on the host (None: count ``train_mask``).
         release_staging: ``release_staging(part, held)``, called inside
             :func:`oocgnn.staging.saved_storages`, hands the staging buffers back to the
             loader: ``"x"`` (after the input layer) those of ``x``, ``"all"`` (after the forward
@@ -64,6 +68,8 @@ class SubgraphBatch:
     halo_hist: list[torch.Tensor] = field(default_factory=list)
     hist_age: list[torch.Tensor] = field(default_factory=list)
     adj_t_T: torch.Tensor | None = None
+    train_index: torch.Tensor | None = None
+    num_labelled: int | None = None
     release_staging: Callable[[str, list], bool] | None = None
 
     @property

@@ -89,6 +89,8 @@ class IOConfig:
     io_engine: str = "auto"  #: how random rows are read: auto (direct, else pread), direct, pread, mmap
     #: inference sweeps load a layer's input table into RAM: auto (when it fits the budget), on, off
     stream_inference: str = "auto"
+    #: device memory a CUDA run may plan for (None: 90 % of what is free when it starts)
+    gpu_memory_budget: str | None = None
 
     def __post_init__(self) -> None:
         _check(self.device == "cpu" or self.device.startswith("cuda"), f"--device {self.device!r}: use cpu or cuda[:N]")
@@ -104,6 +106,8 @@ class IOConfig:
                f"--stream-inference {self.stream_inference!r}: use auto, on, scan or off")
         if self.memory_budget not in (None, "", "auto"):
             parse_size(self.memory_budget)
+        if self.gpu_memory_budget not in (None, "", "auto"):
+            parse_size(self.gpu_memory_budget, "--gpu-memory-budget")
 
 
 @dataclass

@@ -21,6 +21,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -184,6 +185,27 @@ class _Push:
     ends: np.ndarray | None
     offsets: np.ndarray | None
     values: list[np.ndarray] | None  #: in table dtype; dropped once landed
+    #: float32 host tensors a device copy is still filling (``ready`` says when), converted by :meth:`materialize`
+    raw: list[torch.Tensor] | None = None
+    ready: Any = None
+    release: Callable[[], None] | None = None
+    dtypes: list[Any] | None = None
+
+    def materialize(self) -> None:
+        """Wait for the device copy of the values, convert them to the table dtype, free the copy's buffers.
+
+        Called with the history lock held: by the write-behind thread before landing, by
+        :meth:`HistorySet.patch_rows`, and by the next push (by then the copy is long done).
+        """
+        if self.raw is None:
+            return
+        if self.ready is not None:
+            self.ready.synchronize()
+        self.values = [r.numpy().astype(dt, copy=True) for r, dt in zip(self.raw, self.dtypes)]
+        self.raw = self.ready = None
+        if self.release is not None:
+            self.release()
+            self.release = None
 
     def landed(self) -> None:
         """Drop what only landing needed: the values, and the ids when the ranges locate rows (the
@@ -241,15 +263,22 @@ class HistorySet:
 
     # ------------------------------------------------------------------ pushes
     def push(self, values: list[torch.Tensor], step: int, ranges: Ranges | None = None, ids: np.ndarray | None = None,
-             tables: list[int] | None = None, sync: bool = False) -> int:
+             tables: list[int] | None = None, sync: bool = False, ready: Any = None,
+             release: Callable[[], None] | None = None) -> int:
         """Enqueue a push of ``values[k]`` to ``tables[k]`` (default: all) and return its seq.
 
         ``ranges`` (partition-contiguous, sorted) or sorted ``ids`` say which rows.
-        The write lands in a background thread unless ``sync``.
+        The write lands in a background thread unless ``sync``.  ``ready``: an event (with
+        ``synchronize()``) of the device copy still filling ``values`` (float32 host tensors);
+        they are read only after it, on the write-behind thread or when a read needs them,
+        and ``release()`` is called once they are (their buffers may then be reused).
         """
         tables = list(range(len(self.tables))) if tables is None else tables
-        conv = [v.detach().to("cpu", torch.float32).numpy().astype(self.tables[t].array.dtype, copy=True)
-                for v, t in zip(values, tables)]
+        dtypes = [self.tables[t].array.dtype for t in tables]
+        if ready is None and release is None:
+            conv = [v.detach().to("cpu", torch.float32).numpy().astype(dt, copy=True) for v, dt in zip(values, dtypes)]
+        else:
+            conv = None
         if ranges is not None:
             row_ids = ranges_to_ids(ranges)
             starts = np.array([s for s, _ in ranges], np.int64)
@@ -264,6 +293,10 @@ class HistorySet:
             self._raise_error()
             self.seq += 1
             p = _Push(self.seq, step, tables, ranges, row_ids, starts, ends, offsets, conv)
+            if conv is None:
+                p.raw, p.ready, p.release, p.dtypes = list(values), ready, release, dtypes
+            for q in self._pending:  # earlier pushes' copies are done by now: convert them, free their buffers
+                q.materialize()
             self._log.append(p)
             if sync:
                 self.flush_locked()
@@ -280,6 +313,8 @@ class HistorySet:
             return p.seq
 
     def _land(self, p: _Push) -> None:
+        with self._cv:
+            p.materialize()
         if self.journal is not None:
             self.journal.before_land(p.tables, p.ids)
         for t, v in zip(p.tables, p.values):
@@ -351,24 +386,43 @@ class HistorySet:
             return self.landed_seq
 
     def patch(self, table: int, ids: np.ndarray, out: torch.Tensor, snap_seq: int, bound: int = 0) -> dict[str, int]:
-        """Make rows gathered at ``snap_seq`` as fresh as the staleness bound asks.
+        """Make rows gathered at ``snap_seq`` as fresh as the staleness bound asks (see :meth:`patch_rows`).
 
-        Rows touched by pushes after ``snap_seq`` are re-read (pending values, else the
-        table), except that pushes among the last ``bound`` ones may be missed.
         Returns counters of what was actually read.
         """
+        rows, values, stats = self.patch_rows(table, ids, snap_seq, bound)
+        if len(rows):
+            out[torch.from_numpy(rows)] = values
+        return stats
+
+    def patch_rows(self, table: int, ids: np.ndarray, snap_seq: int,
+                   bound: int = 0) -> tuple[np.ndarray, torch.Tensor | None, dict[str, int]]:
+        """Which of the rows ``ids`` gathered at ``snap_seq`` changed since, and their values now.
+
+        Rows touched by pushes after ``snap_seq`` are re-read (pending values, else the
+        table), except that pushes among the last ``bound`` ones may be missed.  Returns
+        ``(positions in ids, float32 values [len, channels], counters)``: the caller writes
+        them where the gathered rows are (the staging buffer, or a copy on the device).
+        """
         stats = {"patched_pending": 0, "patched_table": 0, "stale_rows": 0}
+        none = np.empty(0, dtype=np.int64)
         if snap_seq >= self.seq or len(ids) == 0:
-            return stats
+            return none, None, stats
+        width = self.tables[table].channels
         with self._cv:
             entries = [p for p in self._log if p.seq > snap_seq and table in p.tables]
             if self._log and self._log[0].seq > snap_seq + 1:
                 log.warning("push log too short for a prefetch snapshot; re-reading %d rows", len(ids))
                 self.flush_locked()
-                self.tables[table].pull(ids, out)
-                return stats
+                values = torch.empty(len(ids), width, dtype=torch.float32)
+                self.tables[table].pull(ids, values)
+                return np.arange(len(ids), dtype=np.int64), values, stats
+            for p in entries:
+                p.materialize()
             snapshot_values = [(p, None if p.values is None else p.values[p.tables.index(table)]) for p in entries]
-        need_table = np.zeros(len(ids), dtype=bool)
+        source = np.full(len(ids), -1, dtype=np.int64)  # -1: unchanged, -2: the table, k: pending values k
+        at = np.zeros(len(ids), dtype=np.int64)
+        pending: list[np.ndarray] = []
         for p, vals in snapshot_values:
             hit, pos = p.locate(ids)
             if not hit.any():
@@ -377,20 +431,28 @@ class HistorySet:
                 stats["stale_rows"] += int(hit.sum())
                 continue
             where = np.flatnonzero(hit)
-            if vals is not None:
-                out[torch.from_numpy(where)] = torch.from_numpy(vals[pos]).to(out.dtype)
-                need_table[where] = False
+            if vals is not None:  # a later push's values replace an earlier one's
+                source[where], at[where] = len(pending), pos
+                pending.append(vals)
                 stats["patched_pending"] += len(where)
-            else:
-                need_table[where] = True
-        if need_table.any():
-            # rows whose latest relevant push has landed: read them from the table now
-            where = np.flatnonzero(need_table)
-            tmp = torch.empty(len(where), out.shape[1], dtype=out.dtype)
-            self.tables[table].pull(ids[where], tmp)
-            out[torch.from_numpy(where)] = tmp
-            stats["patched_table"] = len(where)
-        return stats
+            else:  # landed: the table holds it (and anything that landed after it)
+                source[where] = -2
+        rows = np.flatnonzero(source != -1)
+        if not len(rows):
+            return none, None, stats
+        values = torch.empty(len(rows), width, dtype=torch.float32)
+        src = source[rows]
+        from_table = np.flatnonzero(src == -2)
+        if len(from_table):
+            tmp = torch.empty(len(from_table), width, dtype=torch.float32)
+            self.tables[table].pull(ids[rows[from_table]], tmp)
+            values[torch.from_numpy(from_table)] = tmp
+            stats["patched_table"] = len(from_table)
+        for k, vals in enumerate(pending):
+            sel = np.flatnonzero(src == k)
+            if len(sel):
+                values[torch.from_numpy(sel)] = torch.from_numpy(vals[at[rows[sel]]]).to(torch.float32)
+        return rows, values, stats
 
     def flush_locked(self) -> None:
         while self._pending:

@@ -9,14 +9,15 @@ file-backed tables go through the row-gather engine (:mod:`oocgnn.io`) instead:
 sorted page reads, 64 in flight, nothing mapped.
 
 The staging buffers (:class:`oocgnn.staging.Slot`) are preallocated once and sized from
-an upper bound on any batch.  On CUDA they are page-locked and copied with
-``non_blocking=True`` on a side stream, the trainer waiting on an event; on CPU the
-very same code hands out the staging tensors, and a slot goes back to the loader as
-soon as the forward pass no longer needs it (see :class:`Prefetcher`).
+an upper bound on any batch.  Batches are host batches: on CPU the trainer computes on
+the staging tensors, and a slot goes back to the loader as soon as the forward pass no
+longer needs it (see :class:`Prefetcher`); on CUDA the slots are page-locked and every
+tensor of a batch lies in them, and :class:`oocgnn.train.feed.DeviceFeed` copies each
+batch to the device one batch ahead.
 
 History rows gathered ahead may miss pushes that the batches in between make.
 Each prepared batch records the history's ``landed_seq`` before it gathered, and
-:meth:`Prefetcher.__iter__` calls :meth:`HistorySet.patch` before yielding: the
+:meth:`Prefetcher.finish` patches them (:meth:`HistorySet.patch_rows`) at the batch's turn: the
 result equals a synchronous read (``staleness_bound=0``) or misses at most the
 last ``s`` pushes, and the counters say which.
 """
@@ -92,12 +93,17 @@ class IOStats:
 
 @dataclass
 class Prepared:
+    """A batch read into its slot: the loader's output, then (``batch``) the host batch made of it."""
+
     sub: SubgraphStructure
     slot: Slot
     x: torch.Tensor
     hist: list[torch.Tensor]
     snap_seq: int
     stats: IOStats = field(default_factory=IOStats)
+    #: labels, masks and edges in the slot's arena, made by the loading thread (None: no arena)
+    host: dict[str, np.ndarray] | None = None
+    batch: SubgraphBatch | None = None
 
 
 class BatchLoader:
@@ -207,9 +213,14 @@ class BatchLoader:
             out.copy_(tmp)
 
     def load(self, ranges: Ranges, slot: Slot) -> Prepared:
-        sub = self.subgraphs(ranges)
+        slot.wait_guard()  # the device copy of the slot's last batch is done: it may be written
+        take = np.empty
+        if slot.arena is not None:  # everything bound for the device goes to page-locked memory
+            slot.arena.reset()
+            take = slot.arena.take
+        sub = self.subgraphs(ranges, take)
         if self.transpose:
-            sub.transpose()
+            sub.transpose(take)
         B, n = sub.batch_size, len(sub.n_id)
         st = IOStats(batch_rows=B, halo_rows=n - B, batches=1)
         st.csr_bytes = (B + len(ranges)) * 8 + (int(sub.crow[-1]) - B) * self.indices.dtype.itemsize + (n - B) * 16
@@ -286,8 +297,8 @@ class BatchLoader:
 class Prefetcher:
     """Iterate a plan of batches, reading ``depth`` batches ahead (0 = synchronous).
 
-    Yields :class:`SubgraphBatch` objects whose tensors live in ring slots: a batch
-    is valid until the next one is requested, or until the trainer hands its slot
+    Yields :class:`SubgraphBatch` objects whose tensors live in ring slots (host memory): a
+    batch is valid until the next one is requested, or until the trainer hands its slot
     back early (``early_release``, CPU only, inside :func:`~oocgnn.staging.saved_storages`):
     ``batch.release_staging("x", held)`` after the input layer gives the slot to the
     loader, which reads the next batch's feature rows into it at once, and
@@ -299,6 +310,13 @@ class Prefetcher:
     re-raised in the iterating thread (a bad file or a full disk as itself).
     ``edge_index``: build ``batch.edge_index`` (16 bytes per edge on the iterating
     thread; only models with ``uses_edge_index`` read it), else it is None.
+
+    Two steps per batch, so a device transfer stage (:class:`oocgnn.train.feed.DeviceFeed`)
+    can copy a batch before its turn: :meth:`staged` yields it as read (halo history rows as
+    of its gather), and :meth:`finish`, at the batch's turn, brings those rows up to date
+    (:meth:`HistorySet.patch_rows`) and takes their ages.  Iterating the prefetcher itself
+    does both back to back.  Slots with an arena (asynchronous devices) get every tensor of
+    the batch written into it by the loading thread.
     """
 
     def __init__(self, loader: BatchLoader, plan: list[Ranges], slots: list[Slot], depth: int,
@@ -310,7 +328,7 @@ class Prefetcher:
         self.early_release = early_release and device.type == "cpu"
         self._x_back: Slot | None = None     #: the current batch's slot, if the loader has it (input rows read)
         self._all_back: Slot | None = None   #: ... and may write its halo history rows too
-        self.labels, self.train_mask, self.device = labels, train_mask, device
+        self.labels, self.train_mask = labels, train_mask
         self.bound = staleness_bound
         self.with_edge_index = edge_index
         self.step_fn = step_fn or (lambda: 0)
@@ -321,8 +339,12 @@ class Prefetcher:
             self._free.put(s)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._stream = torch.cuda.Stream() if device.type == "cuda" else None
-        self._event = None
+
+    def _load(self, ranges: Ranges, slot: Slot) -> Prepared:
+        prep = self.loader.load(ranges, slot)
+        if slot.arena is not None:  # on the loading thread, off the trainer's
+            prep.host = self._host_arrays(prep, slot.arena.take)
+        return prep
 
     def _run(self) -> None:
         try:
@@ -335,13 +357,13 @@ class Prefetcher:
                         slot = self._free.get(timeout=0.1)
                     except queue.Empty:
                         pass
-                self._ready.put(self.loader.load(ranges, slot))
+                self._ready.put(self._load(ranges, slot))
         except BaseException as exc:
             self._ready.put(exc)
 
     def _next_prepared(self, i: int) -> Prepared:
         if self.depth == 0 and not self.early_release:
-            return self.loader.load(self.plan[i], self._free.get())
+            return self._load(self.plan[i], self._free.get())
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="oocgnn-prefetch", daemon=True)
             self._thread.start()
@@ -353,12 +375,17 @@ class Prefetcher:
         return item
 
     def __iter__(self) -> Iterator[SubgraphBatch]:
+        for prep in self.staged():
+            self.finish(prep)
+            yield prep.batch
+
+    def staged(self) -> Iterator[Prepared]:
+        """The plan's batches as read (``prep.batch``, halo rows not yet patched); the previous one's slot
+        goes back to the loader when the next is asked for."""
         prev: Slot | None = None
         try:
             for i in range(len(self.plan)):
                 if prev is not None:
-                    if self._event is not None:
-                        self._event.synchronize()  # the device copy out of this slot is done
                     if prev is not self._x_back:
                         self._free.put(prev)
                     if prev is not self._all_back:  # else set already, maybe taken by the next load
@@ -366,47 +393,63 @@ class Prefetcher:
                 self._x_back = self._all_back = None
                 t0 = time.perf_counter()
                 prep = self._next_prepared(i)
-                st = prep.stats
-                if self.loader.histories is not None:
-                    for t, h in zip(self.loader.hist_tables, prep.hist):
-                        r = self.loader.histories.patch(t, prep.sub.n_id[prep.sub.batch_size:], h, prep.snap_seq, self.bound)
-                        st.patched_pending += r["patched_pending"]
-                        st.patched_table += r["patched_table"]
-                        st.stale_rows += r["stale_rows"]
-                st.io_wait_s = time.perf_counter() - t0
-                self.stats.add(st)
+                prep.stats.io_wait_s = time.perf_counter() - t0
+                prep.batch = self._to_batch(prep)
                 prev = prep.slot
-                yield self._to_batch(prep)
+                yield prep
         finally:
             self.close()
+
+    def finish(self, prep: Prepared, apply: bool = True) -> list[tuple[np.ndarray, torch.Tensor | None]]:
+        """At the batch's turn: its halo rows as fresh as a read now (``apply``: written into the slot),
+        their ages, its I/O counters.  Returns per table the patched ``(rows, values)``."""
+        t0 = time.perf_counter()
+        st, sub, batch = prep.stats, prep.sub, prep.batch
+        halo = sub.n_id[sub.batch_size:]
+        patches = []
+        hs = self.loader.histories
+        if hs is not None:
+            for t, h in zip(self.loader.hist_tables, prep.hist):
+                rows, values, r = hs.patch_rows(t, halo, prep.snap_seq, self.bound)
+                st.patched_pending += r["patched_pending"]
+                st.patched_table += r["patched_table"]
+                st.stale_rows += r["stale_rows"]
+                if apply and len(rows):
+                    h[torch.from_numpy(rows)] = values
+                patches.append((rows, values))
+            step = self.step_fn()
+            batch.hist_age = [torch.from_numpy(hs.age(t, halo, step)) for t in self.loader.hist_tables]
+        st.io_wait_s += time.perf_counter() - t0
+        self.stats.add(st)
+        return patches
+
+    def _host_arrays(self, prep: Prepared, take) -> dict[str, np.ndarray]:
+        """Labels, training mask and positions, and edges of the batch rows, allocated by ``take``."""
+        sub = prep.sub
+        B = sub.batch_size
+        rows = sub.n_id[:B]
+        y = take(B, np.int64)
+        y[:] = self.labels[rows]
+        mask = take(B, np.bool_)
+        mask[:] = self.train_mask[rows]
+        where = np.flatnonzero(mask)
+        index = take(len(where), np.int64)
+        index[:] = where
+        out = {"y": y, "train_mask": mask, "train_index": index}
+        if self.with_edge_index:
+            out["edge_index"] = sub.make_edge_index(take)
+        return out
 
     def _to_batch(self, prep: Prepared) -> SubgraphBatch:
         sub = prep.sub
         B = sub.batch_size
-        rows = sub.n_id[:B]
-        cpu = dict(x=prep.x, adj_t=sub.adj_t(), deg=torch.from_numpy(sub.deg), y=torch.from_numpy(self.labels[rows].astype(np.int64)),
-                   train_mask=torch.from_numpy(self.train_mask[rows]))
-        if self.with_edge_index:
-            cpu["edge_index"] = torch.from_numpy(sub.edge_index)
-        adj_T = sub.adj_t_transposed()
-        if adj_T is not None:
-            cpu["adj_t_T"] = adj_T
-        hist = list(prep.hist)
-        step = self.step_fn()
-        ages = [torch.from_numpy(self.loader.histories.age(t, sub.n_id[B:], step)) for t in self.loader.hist_tables] \
-            if self.loader.histories is not None else []
-        if self._stream is not None:  # CUDA: async copies from page-locked slots on a side stream
-            with torch.cuda.stream(self._stream):
-                cpu = {k: v.to(self.device, non_blocking=True) for k, v in cpu.items()}
-                hist = [h.to(self.device, non_blocking=True) for h in hist]
-                ev = torch.cuda.Event()
-                ev.record(self._stream)
-            torch.cuda.current_stream().wait_event(ev)
-            self._event = ev
-        cpu.setdefault("edge_index", None)
+        host = prep.host if prep.host is not None else self._host_arrays(prep, np.empty)
+        tensors = {k: torch.from_numpy(v) for k, v in host.items()}
+        tensors.setdefault("edge_index", None)
         release = (lambda part, held, slot=prep.slot: self._release(slot, part, held)) if self.early_release else None
-        return SubgraphBatch(n_id=sub.n_id, batch_size=B, ranges=sub.ranges, halo_hist=hist, hist_age=ages,
-                             release_staging=release, **cpu)
+        return SubgraphBatch(n_id=sub.n_id, batch_size=B, ranges=sub.ranges, x=prep.x, adj_t=sub.adj_t(),
+                             deg=torch.from_numpy(sub.deg), halo_hist=list(prep.hist), adj_t_T=sub.adj_t_transposed(),
+                             num_labelled=len(host["train_index"]), release_staging=release, **tensors)
 
     def _release(self, slot: Slot, part: str, held: list) -> bool:
         """Hand ``slot``'s input rows (``part="x"``) or all of it (``"all"``) to the loader, unless autograd

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from oocgnn.config import RunConfig
+from oocgnn.device import Device
 from oocgnn.staleness.control import StalenessControl
 from oocgnn.train.dist import SINGLE, DistContext, check_supported
 from oocgnn.train.loop import Trainer
@@ -29,10 +30,14 @@ def make_policy(ds: Any, cfg: RunConfig, run_dir: Path | None, dist: DistContext
 
 
 def make_trainer(ds: Any, cfg: RunConfig, run_dir: str | Path | None, caches: bool = True,
-                 model: torch.nn.Module | None = None, dist: DistContext = SINGLE) -> Trainer:
-    """Trainer with its policy, plus the hot-row caches when ``caches`` and the budget allow."""
+                 model: torch.nn.Module | None = None, dist: DistContext = SINGLE, device: Device | None = None) -> Trainer:
+    """Trainer with its policy, plus the hot-row caches when ``caches`` and the budget allow.
+
+    ``device``: the :class:`~oocgnn.device.Device` to compute on (default: made from ``--device``).
+    """
     run_dir = Path(run_dir) if run_dir is not None else None
-    trainer = Trainer(ds, cfg, run_dir, model=model, policy=make_policy(ds, cfg, run_dir, dist), dist=dist)
+    trainer = Trainer(ds, cfg, run_dir, model=model, policy=make_policy(ds, cfg, run_dir, dist), dist=dist,
+                      device=device)
     if caches and cfg.io.cache != "none" and cfg.io.cache_fraction > 0:
         from oocgnn.train.caches import attach_row_caches
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import threading
 import warnings
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -33,6 +34,8 @@ from numba import njit
 from oocgnn.io.csr import CSRReader
 
 Ranges = list[tuple[int, int]]
+#: ``take(n, dtype) -> np.ndarray``: where a batch's output arrays go (``np.empty``, or a staging arena)
+Take = Callable[[int, Any], np.ndarray]
 
 #: bytes per CSR entry of a batch at the peak of a build (local ids, id list, columns,
 #: weights, the CSR read buffer), and retained by a built :class:`SubgraphStructure`;
@@ -77,21 +80,27 @@ class SubgraphStructure:
     @property
     def edge_index(self) -> np.ndarray:
         """[2, nnz] int64 local (src=col, dst=row), no self-loops, in CSR order."""
+        return self.make_edge_index()
+
+    def make_edge_index(self, take: Take = np.empty) -> np.ndarray:
+        """:attr:`edge_index` in an array from ``take(n, dtype)`` (a slot's page-locked arena)."""
         B = self.batch_size
         row = np.repeat(np.arange(B, dtype=self.col.dtype), np.diff(self.crow))
         edge = self.col != row  # the self-loop sits among its row's sorted columns
-        out = np.empty((2, len(self.col) - B), dtype=np.int64)
+        out = take(2 * (len(self.col) - B), np.int64).reshape(2, -1)
         out[0] = self.col[edge]
         out[1] = row[edge]
         return out
 
-    def transpose(self) -> None:
+    def transpose(self, take: Take = np.empty) -> None:
         """Build the transpose of ``adj_t`` (rows of each column in row order): the backward of a
-        propagation (:mod:`oocgnn.models.propagate`) then needs no sort on the training thread."""
+        propagation (:mod:`oocgnn.models.propagate`) then needs no sort on the training thread.
+        ``take(n, dtype)`` allocates the arrays (a slot's page-locked arena)."""
         n = len(self.n_id)
-        self.t_crow = np.zeros(n + 1, dtype=self.crow.dtype)
-        self.t_col = np.empty(len(self.col), dtype=self.col.dtype)
-        self.t_weight = np.empty(len(self.col), dtype=np.float32)
+        self.t_crow = take(n + 1, self.crow.dtype)
+        self.t_crow[:] = 0
+        self.t_col = take(len(self.col), self.col.dtype)
+        self.t_weight = take(len(self.col), np.float32)
         _transpose_csr(self.crow, self.col, self.weight, self.t_crow, self.t_col, self.t_weight)
 
     def adj_t_transposed(self) -> torch.Tensor | None:
@@ -143,8 +152,11 @@ class SubgraphBuilder:
     def close(self) -> None:
         self.reader.close()
 
-    def __call__(self, ranges: Ranges) -> SubgraphStructure:
-        """Batch rows (the ranges), their 1-hop halo in first-seen order, bipartite CSR."""
+    def __call__(self, ranges: Ranges, take: Take = np.empty) -> SubgraphStructure:
+        """Batch rows (the ranges), their 1-hop halo in first-seen order, bipartite CSR.
+
+        ``take(n, dtype)`` allocates the outputs that go to the device (CSR, degrees): a slot's
+        page-locked arena on an asynchronous device, so their copies need no staging."""
         with self._lock:
             starts = np.array([s for s, _ in ranges], dtype=np.int64)
             ends = np.array([e for _, e in ranges], dtype=np.int64)
@@ -162,14 +174,16 @@ class SubgraphBuilder:
             deg[:B] = counts
             deg[B:] = self.degree[n_id[B:]]
             dinv = 1.0 / np.sqrt(deg + 1.0)
-            crow = np.empty(B + 1, dtype=cid)
+            crow = take(B + 1, cid)
             crow[0] = 0
             np.cumsum(counts + 1, out=crow[1:])
-            col = np.empty(nnz + B, dtype=cid)
-            weight = np.empty(nnz + B, dtype=np.float32)
+            col = take(nnz + B, cid)
+            weight = take(nnz + B, np.float32)
             _fill_csr(crow, local, dinv, col, weight)
+            deg_out = take(B, np.float32)
+            deg_out[:] = counts
         return SubgraphStructure(ranges=list(ranges), n_id=n_id, batch_size=B, crow=crow, col=col,
-                                 weight=weight, deg=counts.astype(np.float32))
+                                 weight=weight, deg=deg_out)
 
 
 def build_subgraph(indptr: np.ndarray, indices: np.ndarray, ranges: Ranges) -> SubgraphStructure:

@@ -26,7 +26,7 @@ RUN_MANIFEST = "run.json"
 SPEED_ONLY = frozenset({
     "data", "run_dir", "train.epochs",
     "io.device", "io.io_threads", "io.prefetch", "io.memory_budget", "io.cache", "io.cache_fraction",
-    "io.io_engine", "io.stream_inference",
+    "io.io_engine", "io.stream_inference", "io.gpu_memory_budget",
 })
 
 

@@ -41,6 +41,7 @@ from oocgnn.checkpoint import journal as jr
 from oocgnn.checkpoint.compat import check_config, check_manifest, setup_determinism, write_manifest
 from oocgnn.checkpoint.signals import Preempted, StopFlag
 from oocgnn.checkpoint.store import CheckpointInfo, CheckpointStore, load_state
+from oocgnn.device import cuda_rng_state, set_cuda_rng_state
 from oocgnn.errors import ConfigError, OocgnnError, PeerStopped, RunDirError
 from oocgnn.train.dist import SINGLE, DistContext
 from oocgnn.utils.atomic import fsync_dir
@@ -242,6 +243,7 @@ class RunSession:
             if d.active:  # every rank continues its own dropout stream
                 rng = sd["rank_rng"][d.rank]
                 torch.set_rng_state(rng["torch"])
+                set_cuda_rng_state(trainer.device, rng.get("cuda"))
                 np.random.set_state(rng["numpy"])
                 random.setstate(rng["python"])
             if sd.get("best_model_state") is not None:
@@ -338,7 +340,8 @@ class RunSession:
             self.journal.sync()
         # every rank's RNG states; also the point where all ranks have synced their journals
         rank_rng = d.gather_objects({"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-                                     "python": random.getstate()}) if d.active else None
+                                     "python": random.getstate(), "cuda": cuda_rng_state(trainer.device)}
+                                    ) if d.active else None
         seq = self.seq + 1
         info = None
         if d.is_main:

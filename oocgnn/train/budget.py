@@ -44,7 +44,7 @@ from oocgnn.subgraph import (BUILD_BYTES_PER_EDGE, KEPT_BYTES_PER_EDGE, READER_B
 from oocgnn.errors import ConfigError
 from oocgnn.lru import LRUPolicy
 from oocgnn.read_ahead import READ_AHEAD_BATCHES
-from oocgnn.utils.memory import current_anon_rss, format_size
+from oocgnn.utils.memory import current_anon_rss, format_size, parse_size
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,12 @@ BELADY_BYTES_PER_ACCESS = 64
 #: the access stream may take at most this share of the room left after one batch; past it the caches
 #: run as LRU without the Belady shadow (neither needs the stream), so the rest can hold rows
 ACCESS_STREAM_MAX_SHARE = 0.5
+#: cuSPARSE's SpMM workspace and the row expansion a sparse backward makes, per CSR entry of a batch
+CUSPARSE_BYTES_PER_EDGE = 16
+#: what a GPU holds besides the plan's terms: cuBLAS / cuSPARSE handles and workspaces, allocator rounding
+DEVICE_RESERVE = 512 << 20
+#: ``--gpu-memory-budget`` default: this share of the device memory free when the run starts
+GPU_BUDGET_SHARE = 0.9
 #: share of the budget that memmapped file pages may occupy in RSS with ``--io-engine mmap``, and its bounds
 MAPPED_WINDOW_FRACTION = 0.08
 MAPPED_WINDOW_MIN, MAPPED_WINDOW_MAX = 32 << 20, 1 << 30
@@ -129,12 +135,21 @@ def plan_memory(trainer: Any, halo_sizes: np.ndarray, per_slot: int) -> dict[str
     build = BUILD_BYTES_PER_EDGE * edges
     layers = trainer.cfg.model.layers
     act = int((ACT_TENSORS_PER_LAYER * layers + ACT_BACKWARD_TENSORS) * rows * width * 4) + ACT_BYTES_PER_EDGE * edges
+    devops = getattr(trainer, "devops", None)
+    capacity = devops.memory_capacity() if devops is not None else None
+    device_plan = plan_device_memory(trainer, capacity, edges, act) if capacity is not None else None
+    if device_plan is not None:
+        act = 0  # a step's autograd state lives on the device (planned there), not in host RAM
 
     sizes = np.sort(np.diff(np.asarray(trainer.partition_ptr, dtype=np.int64)))[::-1]
     batch_rows = int(sizes[: max(1, cfg.train.parts_per_batch)].sum())
     hs = trainer.histories
     push = sum(t.channels * t.array.dtype.itemsize for t in hs.tables) * batch_rows + 16 * batch_rows
     fixed = RUNTIME_RESERVE + engine_bytes(trainer)
+    if devops is not None and devops.asynchronous:  # page-locked push and patch buffers, allocated once
+        from oocgnn.train.feed import PATCH_CHUNK_BYTES, PUSH_BUFFERS
+
+        fixed += PUSH_BUFFERS * 4 * batch_rows * sum(t.channels for t in hs.tables) + 2 * PATCH_CHUNK_BYTES
 
     # a slot handed back after the forward pass (Trainer.early_release) is refilled while the batch it
     # held still runs backward: one more batch CSR is alive than there are slots
@@ -184,7 +199,66 @@ def plan_memory(trainer: Any, halo_sizes: np.ndarray, per_slot: int) -> dict[str
             "write_behind_pending": pending,
             "transpose_bytes": (depth + 1) * transposed,
             # a layer-wise sweep: one layer, forward only (its output and the propagated input)
-            "sweep_activation_bytes": 2 * rows * width * 4}
+            "sweep_activation_bytes": 2 * rows * width * 4 if device_plan is None else 0,
+            "device": device_plan}
+
+
+def device_batch_bytes(rows: int, halo: int, batch_rows: int, edges: int, width: int, hist_width: int,
+                       transpose: bool, edge_index: bool) -> int:
+    """Device bytes of one batch: input and halo history rows, CSR (and its transpose), degrees, labels, edges."""
+    isz = 4 if rows + edges < 2**31 - 1 else 8
+    n = rows * width * 4 + halo * hist_width * 4 + (batch_rows + 1) * isz + edges * (isz + 4) + batch_rows * 21
+    if transpose:
+        n += (rows + 1) * isz + edges * (isz + 4)
+    if edge_index:
+        n += 16 * edges
+    return n
+
+
+def device_memory_need(batch_bytes: int, lookahead: int, activation_bytes: int, param_bytes: int, edges: int,
+                       ranks: bool) -> dict[str, int]:
+    """What one training step holds on the device, by term (see :func:`plan_device_memory`)."""
+    return {"model and optimizer": (4 + int(ranks)) * param_bytes,  # weights, grads, Adam's two moments (+ flat grads)
+            "batches": (1 + lookahead) * batch_bytes,  # the one computing and the one being copied
+            "activations": activation_bytes,
+            "cuSPARSE workspace": CUSPARSE_BYTES_PER_EDGE * edges,
+            "reserve": DEVICE_RESERVE}
+
+
+def check_device_memory(need: dict[str, int], budget: int, where: str, rows: int, edges: int) -> None:
+    """One line, before training starts, when a step does not fit the device's budget."""
+    total = sum(need.values())
+    if total <= budget:
+        return
+    terms = " + ".join(f"{k} {format_size(v)}" for k, v in need.items())
+    raise ConfigError(f"--gpu-memory-budget {format_size(budget)} on {where} cannot hold one training step: {terms} = "
+                      f"{format_size(total)} (largest batch {rows:,} rows, {edges:,} edges); use fewer "
+                      f"--parts-per-batch (smaller batches) or a smaller --hidden, or raise --gpu-memory-budget")
+
+
+def plan_device_memory(trainer: Any, capacity: int, edges: int, activation_bytes: int) -> dict[str, Any]:
+    """The device side of the plan: a step's tensors there against ``--gpu-memory-budget``.
+
+    ``capacity`` is the device memory free when the run started (the default budget is
+    :data:`GPU_BUDGET_SHARE` of it).  Raises :class:`ConfigError` (one line, with the advice)
+    when the largest batch cannot train, before any step runs: a ``torch.OutOfMemoryError``
+    mid-epoch would come back at the same batch on every resume.
+    """
+    cfg = trainer.cfg
+    flag = getattr(cfg.io, "gpu_memory_budget", None)
+    budget = int(GPU_BUDGET_SHARE * capacity) if flag in (None, "", "auto") else parse_size(flag, "--gpu-memory-budget")
+    model = trainer.model
+    width = max([trainer.ds.num_features, *model.history_channels])
+    rows, halo = int(trainer.max_rows), int(trainer.max_halo)
+    batch = device_batch_bytes(rows, halo, int(getattr(trainer, "max_batch_rows", rows)), edges, width,
+                               sum(model.history_channels), bool(getattr(model, "uses_adj_transpose", False)),
+                               bool(getattr(model, "uses_edge_index", False)))
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    need = device_memory_need(batch, int(getattr(trainer, "lookahead", 1)), activation_bytes, params, edges,
+                              trainer.dist.active)
+    check_device_memory(need, budget, str(trainer.device), rows, edges)
+    return {"budget_bytes": budget, "capacity_bytes": int(capacity), "need_bytes": sum(need.values()),
+            "terms": need}
 
 
 def cache_capacity(trainer: Any, width: int, hist_widths: list[int] | tuple[int, ...] = ()) -> int:

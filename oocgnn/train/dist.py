@@ -10,8 +10,11 @@ Why collectives by hand, not the ``DistributedDataParallel`` wrapper: DDP's
 all-reduce fires inside ``backward()``, so a rank that has no batch (the last step of
 an epoch whose batch count W does not divide) or no labelled node in its batch
 would never call it and every other rank would wait forever.  Here every rank calls
-exactly one all-reduce per step, of one flat buffer (what DDP does with its
-buckets), whatever its batch held.  The backend is gloo on CPU and NCCL on CUDA.
+exactly one all-reduce of gradients per step, of one flat buffer (what DDP does with
+its buckets), whatever its batch held, after one of the labelled counts on the host
+(the step's weight is known there without waiting for the device).  The backend is
+gloo on CPU; on CUDA each rank computes on the GPU of its ``LOCAL_RANK``, gradients
+go through NCCL and host tensors through gloo (``cpu:gloo,cuda:nccl``).
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from oocgnn.batching import RankSplit
+from oocgnn.device import rank_device
 from oocgnn.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -54,6 +58,8 @@ class DistContext:
     rank: int = 0
     world_size: int = 1
     local_world_size: int = 1
+    #: this rank's place on its host: with ``--device cuda`` it computes on ``cuda:local_rank``
+    local_rank: int = 0
     exchange: str = "shared-files"
     #: shared files, deterministic runs: every rank's pushes of a step land before any rank reads for the
     #: next one (no read-ahead), so what a halo read sees no longer depends on timing
@@ -104,12 +110,19 @@ class DistContext:
             if key not in env:
                 raise ConfigError(f"WORLD_SIZE={world} but {key} is not set; launch with torchrun or "
                                   f"`oocgnn train --nproc-per-node N`")
-        backend = "nccl" if device.startswith("cuda") else "gloo"
+        local_rank = int(env.get("LOCAL_RANK", str(rank % local_world)))
+        backend = "gloo"
+        if device.startswith("cuda"):  # one GPU per rank, current before NCCL binds to it
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            torch.cuda.set_device(torch.device(rank_device(device, local_rank, local_world, count)))
+            # tensors on the GPU (gradients) go through NCCL; host tensors (counts, flags, the halo
+            # exchange, object collectives) through gloo, which NCCL would reject
+            backend = "cpu:gloo,cuda:nccl"
         if not dist.is_initialized():
             dist.init_process_group(backend, rank=rank, world_size=world,
                                     timeout=datetime.timedelta(seconds=timeout_s))
         ctx = cls(rank=rank, world_size=world, local_world_size=local_world, exchange=exchange,
-                  lockstep=deterministic and exchange == "shared-files")
+                  lockstep=deterministic and exchange == "shared-files", local_rank=local_rank)
         log.debug("rank %d of %d joined (%s, halo exchange %s)", rank, world, backend, exchange)
         return ctx
 
@@ -143,18 +156,26 @@ class DistContext:
         return [bool(v) for v in t.tolist()]
 
     def sync_gradients(self, params: list[torch.nn.Parameter], weight: int) -> int:
-        """All-reduce ``weight * grad`` and ``weight`` in one flat buffer; grads become the weighted mean.
+        """All-reduce ``weight * grad`` (one flat buffer) after ``weight`` (on the host); grads become the weighted mean.
 
         ``weight`` is this rank's labelled nodes (0 for an idle rank or a label-free batch,
         whose missing grads count as zeros).  Returns the total weight; 0 means nobody had a
         label this step and the grads are cleared (no optimizer step, as single-process).
+        The total is summed on the host, so the step never waits for the device to read it.
         """
         if not params:
             return weight
+        count = torch.tensor([weight], dtype=torch.int64)
+        dist.all_reduce(count)
+        total = int(count[0])
+        if total <= 0:
+            for p in params:
+                p.grad = None
+            return 0
         sizes = [p.numel() for p in params]
         flat = self._flat
-        if flat is None or flat.numel() != sum(sizes) + 1 or flat.device != params[0].device:
-            flat = self._flat = torch.empty(sum(sizes) + 1, dtype=torch.float32, device=params[0].device)
+        if flat is None or flat.numel() != sum(sizes) or flat.device != params[0].device:
+            flat = self._flat = torch.empty(sum(sizes), dtype=torch.float32, device=params[0].device)
         flat.zero_()  # reused every step: the grads of the last step are views of it, dropped by zero_grad
         if weight:
             o = 0
@@ -162,14 +183,8 @@ class DistContext:
                 if p.grad is not None:
                     flat[o:o + n] = p.grad.reshape(-1) * weight
                 o += n
-        flat[-1] = float(weight)
         dist.all_reduce(flat)
-        total = int(round(float(flat[-1])))
-        if total <= 0:
-            for p in params:
-                p.grad = None
-            return 0
-        flat[:-1] /= total
+        flat /= total
         o = 0
         for p, n in zip(params, sizes):
             p.grad = flat[o:o + n].view_as(p).to(p.dtype)  # a view (float32 params): no copy

@@ -86,6 +86,16 @@ def _pull(src: torch.Tensor, ids: np.ndarray, out: torch.Tensor) -> torch.Tensor
     return dst
 
 
+def _predicted(preds: np.ndarray, logits_out: torch.Tensor | None, done: tuple | None) -> None:
+    """Write a batch's predicted classes (and logits) into the host arrays."""
+    if done is None:
+        return
+    rows, classes, logits = done
+    preds[rows] = classes.cpu().numpy()
+    if logits_out is not None:
+        logits_out[torch.from_numpy(rows)] = logits.cpu()
+
+
 @torch.inference_mode()
 def layerwise_inference(trainer: Any, refresh: bool = True, logits_out: torch.Tensor | None = None,
                         stream: str | None = None, tables_only: bool = False) -> np.ndarray:
@@ -138,6 +148,7 @@ def layerwise_inference(trainer: Any, refresh: bool = True, logits_out: torch.Te
             loader = BatchLoader(trainer.indptr, trainer.indices, x_src, None, [], trainer.pool,
                                  trainer.cfg.io.io_threads, cache=cache, io_engine=trainer.cfg.io.io_engine,
                                  subgraphs=trainer.subgraphs, x_index=x_index)
+            done = None  # the last batch's predictions, read on the host one batch later (no wait for the device)
             try:
                 for batch in trainer.prefetcher(part, loader):
                     x_all = batch.x
@@ -149,18 +160,17 @@ def layerwise_inference(trainer: Any, refresh: bool = True, logits_out: torch.Te
                                  ).to(trainer.device)
                     out = model.forward_layer(layer, x_all, batch)
                     if layer < num_layers - 1:
-                        target.push([out], step=step, ranges=batch.ranges, tables=[layer])
+                        trainer.push(target, [out], step=step, ranges=batch.ranges, tables=[layer])
                     else:
-                        rows = batch.n_id[: batch.batch_size]
-                        preds[rows] = out.argmax(dim=-1).cpu().numpy()
-                        if logits_out is not None:
-                            logits_out[torch.from_numpy(rows)] = out.cpu()
+                        _predicted(preds, logits_out, done)
+                        done = (batch.n_id[: batch.batch_size], out.argmax(dim=-1), out if logits_out is not None else None)
                     bar.update(1)
+                _predicted(preds, logits_out, done)
             finally:
                 loader.close()
             # a group's staged rows go before the next group reads its own: the last batch holds its
             # prefetcher (early release), which holds the loader and the rows
-            batch = x_all = out = None
+            batch = x_all = out = done = None
             del loader, x_src, x_index
         target.flush()
         if scan is not None:

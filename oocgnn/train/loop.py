@@ -35,17 +35,19 @@ import torch.nn.functional as F
 from oocgnn.batch import SubgraphBatch
 from oocgnn.batching import RankSplit, group_ranges
 from oocgnn.cache import begin_epoch_caches, caches_epoch_metrics, end_epoch_caches
+from oocgnn.device import Device, cuda_rng_state, make_device, set_cuda_rng_state
 from oocgnn.errors import ConfigError, NonFiniteLossError
 from oocgnn.history import HistorySet
 from oocgnn.models import build_model
 from oocgnn.prefetch import BatchLoader, IOStats, Prefetcher, advise_random
-from oocgnn.staging import Slot, ring_rows_bound, saved_storages
+from oocgnn.staging import Slot, arena_bytes, ring_rows_bound, saved_storages
 from oocgnn.subgraph import SubgraphBuilder, partition_halo_sizes
-from oocgnn.train.budget import mapped_window, plan_memory
+from oocgnn.train.budget import batch_edges_bound, mapped_window, plan_memory
 from oocgnn.config import RunConfig
 from oocgnn.train.dist import SINGLE, DistContext
 from oocgnn.train.metrics import AgeTally, read_path_record
 from oocgnn.train.exchange import HaloExchange
+from oocgnn.train.feed import DeviceFeed, LossLog, PatchStager, PushStager
 from oocgnn.train.optim import make_optimizer
 from oocgnn.train.policy import EpochPolicy, GASPolicy
 from oocgnn.utils.mapped import MappedPageReleaser
@@ -80,7 +82,7 @@ class Trainer:
 
     def __init__(self, ds: Any, cfg: RunConfig, run_dir: str | Path | None = None,
                  model: torch.nn.Module | None = None, policy: EpochPolicy | None = None,
-                 dist: DistContext = SINGLE) -> None:
+                 dist: DistContext = SINGLE, device: Device | None = None) -> None:
         if policy is None and cfg.staleness.method != "gas":
             raise ConfigError(f"--method {cfg.staleness.method} needs its epoch policy: build the trainer with "
                               "oocgnn.runner.make_trainer (Trainer alone trains plain GAS)")
@@ -94,9 +96,11 @@ class Trainer:
         self._releaser = MappedPageReleaser(mapped_window(self.budget)).__enter__()
         self._stop_releaser = weakref.finalize(self, self._releaser.__exit__)
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.device = torch.device(cfg.io.device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("--device cuda requested but this torch build has no CUDA device; use --device cpu")
+        #: where batches compute (oocgnn.device): made here from --device (this rank's GPU), or given (tests, benchmarks)
+        self.devops = device if device is not None else make_device(cfg.io.device, dist.local_rank,
+                                                                    dist.local_world_size)
+        self._own_device = device is None
+        self.device = self.devops.torch_device
         in_mem = cfg.io.in_memory or self.run_dir is None
         m = cfg.model
         torch.manual_seed(cfg.train.seed)
@@ -148,7 +152,8 @@ class Trainer:
         self.cache = None  # feature cache, attached by oocgnn.cache when the budget allows
         self.hist_caches: list | None = None  # per-table history caches (same attach)
         self.last_stats = IOStats()
-        self.last_grad_norm: float | None = None  #: gradient norm before clipping at the last step
+        #: gradient norm before clipping at the last step (a device scalar: read at the epoch's end)
+        self.last_grad_norm: torch.Tensor | None = None
         #: per layer of the last layer-wise inference: "stream", "scan", "gather" or "ram" (oocgnn.train.stream)
         self.inference_paths: list[str] = []
 
@@ -163,17 +168,28 @@ class Trainer:
         self.partition_halo = halo  #: halo size of each partition (scanned sweeps estimate gathers from it)
         self.max_rows, self.max_halo = ring_rows_bound(self.partition_ptr, halo, self.cfg.train.parts_per_batch)
         width = max([self.ds.num_features, *self.model.history_channels])
-        pin = self.device.type == "cuda"
-        per_slot = (self.max_rows * width + self.max_halo * sum(self.model.history_channels)) * 4
-        # the whole budget is planned here (ring, batch CSR, builder, activations, cache room)
+        dev = self.devops
+        pin = dev.asynchronous  # page-locked, and every tensor of a batch in the slot (its arena)
+        sizes = np.sort(np.diff(self.partition_ptr))[::-1]
+        self.max_batch_rows = int(sizes[: max(1, self.cfg.train.parts_per_batch)].sum())
+        aux = arena_bytes(self.max_rows, self.max_batch_rows,
+                          batch_edges_bound(self.indptr, self.partition_ptr, self.cfg.train.parts_per_batch)
+                          + self.max_batch_rows, self.model.uses_adj_transpose, self.model.uses_edge_index) if pin else 0
+        per_slot = (self.max_rows * width + self.max_halo * sum(self.model.history_channels)) * 4 + aux
+        dev.warm_up()  # the device libraries' host memory belongs to the baseline the plan measures
+        # the whole budget is planned here (ring, batch CSR, builder, activations, cache room; the device's memory)
         self.memory_plan = plan_memory(self, halo, per_slot)
         self.prefetch_depth = self.memory_plan["prefetch_depth"]
         self._releaser.set_window(self.memory_plan["mapped_window_bytes"])  # what the engine in use maps
         self.histories._max_pending = self.memory_plan["write_behind_pending"]
         n_slots = self.prefetch_depth + 1
-        self.slots = [Slot(self.max_rows, self.max_halo, width, list(self.model.history_channels), pin)
+        alloc = dev.alloc_pinned if pin else None
+        self.slots = [Slot(self.max_rows, self.max_halo, width, list(self.model.history_channels), pin, alloc, aux)
                       for _ in range(n_slots)]
         self.ring_bytes = per_slot * n_slots
+        # device-side patches of halo rows and device-to-host pushes, through page-locked buffers
+        self.patches = PatchStager(dev) if pin else None
+        self.pushes = PushStager(dev, self.max_batch_rows, sum(self.model.history_channels) or 1) if pin else None
         log.info("staging ring: %d slots x %s (max %d rows, %d halo)", n_slots, format_size(per_slot),
                  self.max_rows, self.max_halo)
 
@@ -197,13 +213,27 @@ class Trainer:
                            self.hist_caches, io_engine=self.cfg.io.io_engine, subgraphs=self.subgraphs,
                            transpose=self.model.uses_adj_transpose)
 
-    def prefetcher(self, plan: list, loader: BatchLoader) -> Prefetcher:
+    def prefetcher(self, plan: list, loader: BatchLoader) -> DeviceFeed:
+        """The plan's batches on the device: read ahead by a :class:`Prefetcher`, copied by a :class:`DeviceFeed`."""
         depth = min(self.cfg.io.prefetch, self.prefetch_depth)  # the memory plan may have lowered it
         if self.dist.lockstep:
             depth = 0  # a read ahead would race other ranks' pushes
-        return Prefetcher(loader, plan, self.slots, depth, self.labels, self.train_mask, self.device,
-                          self.cfg.io.staleness_bound, step_fn=lambda: self.state.global_step,
-                          edge_index=self.model.uses_edge_index, early_release=self.early_release)
+        pf = Prefetcher(loader, plan, self.slots, depth, self.labels, self.train_mask, self.device,
+                        self.cfg.io.staleness_bound, step_fn=lambda: self.state.global_step,
+                        edge_index=self.model.uses_edge_index, early_release=self.early_release)
+        return DeviceFeed(pf, self.devops, self.lookahead, self.patches)
+
+    @property
+    def lookahead(self) -> int:
+        """Batches copied to the device ahead of the one computing: 1 on an asynchronous device, unless ranks
+        work in lockstep (a batch read ahead would miss other ranks' pushes)."""
+        return 1 if self.devops.asynchronous and not self.dist.lockstep else 0
+
+    def push(self, histories: HistorySet, values: list[torch.Tensor], **kwargs: Any) -> int:
+        """``histories.push`` of device values: through page-locked buffers and an event on an asynchronous device."""
+        if self.pushes is None:
+            return histories.push(values, **kwargs)
+        return self.pushes.push(histories, values, **kwargs)
 
     @property
     def early_release(self) -> bool:
@@ -211,18 +241,23 @@ class Trainer:
 
         Several ranks keep the read-ahead depth that :meth:`peer_lag_bound` states.
         """
-        return self.cfg.io.prefetch > 0 and not self.dist.active
+        return self.cfg.io.prefetch > 0 and not self.dist.active and not self.devops.asynchronous
 
     # --------------------------------------------------------------- training
-    def train_step(self, batch: SubgraphBatch) -> float:
-        """Forward, backward (task + policy loss), clipped Adam step on one batch, then push its rows."""
+    def train_step(self, batch: SubgraphBatch) -> torch.Tensor | None:
+        """Forward, backward (task + policy loss), clipped Adam step on one batch, then push its rows.
+
+        Returns the loss, detached, on the compute device (``float()`` of it waits for the step on
+        CUDA), or None when the batch has no labelled node.
+        """
         model, opt, policy = self.model, self.optimizer, self.policy
         model.train()
         opt.zero_grad(set_to_none=True)
         policy.before_train(batch, self.state.global_step)
-        mask = batch.train_mask
-        labelled = int(mask.sum())
-        loss_value = float("nan")
+        # positions taken on the host: boolean indexing on a device would wait for it to count them
+        mask = batch.train_index if batch.train_index is not None else batch.train_mask
+        labelled = batch.num_labelled if batch.num_labelled is not None else int(batch.train_mask.sum())
+        loss_value = None
         with saved_storages():
             logits, pushes = model(batch)
             if labelled:
@@ -239,7 +274,7 @@ class Trainer:
         self._optimizer_step(labelled)
         if pushes:
             policy.before_push(self.histories, batch, pushes)
-            self.histories.push(pushes, step=self.state.global_step, ranges=batch.ranges)
+            self.push(self.histories, pushes, step=self.state.global_step, ranges=batch.ranges)
         self._share_pushes(batch.ranges, pushes)
         policy.after_train(batch, logits)
         self.state.global_step += 1
@@ -270,8 +305,8 @@ class Trainer:
             labelled = self.dist.sync_gradients(list(self.model.parameters()), labelled)
         if not labelled:
             return
-        if self.cfg.train.grad_clip > 0:
-            self.last_grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip))
+        if self.cfg.train.grad_clip > 0:  # kept on the device: read at the epoch's end
+            self.last_grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
         self.optimizer.step()
 
     def idle_step(self) -> None:
@@ -304,7 +339,7 @@ class Trainer:
             self.model.train(was_training)
         if pushes:
             self.policy.before_push(self.histories, batch, pushes)
-            self.histories.push(pushes, step=self.state.global_step, ranges=batch.ranges)
+            self.push(self.histories, pushes, step=self.state.global_step, ranges=batch.ranges)
         self.policy.after_refresh(batch)
 
     def exact_histories(self) -> HistorySet:
@@ -346,7 +381,7 @@ class Trainer:
         begin_epoch_caches(self, [a.ranges for a in actions])
         written0 = self.histories.bytes_written
         pf = self.prefetcher([a.ranges for a in actions], loader)
-        losses: list[float] = []
+        losses = LossLog(self.devops)
         ages = AgeTally()
         for action, batch in zip(actions, pf):
             if action.kind == "train":
@@ -356,7 +391,7 @@ class Trainer:
                 self.refresh(batch)
             self.policy.advance(st, action)
             if on_batch is not None:
-                on_batch({"loss": losses[-1] if losses else float("nan"), "io_wait_s": pf.stats.io_wait_s})
+                on_batch({"loss": losses.latest(), "io_wait_s": pf.stats.io_wait_s})
         while st.position < self.batches_per_epoch and self.dist.active:  # this rank's share ran out
             self.idle_step()
             st.position += 1
@@ -373,14 +408,14 @@ class Trainer:
         stats = pf.stats
         self.last_stats = stats
         elapsed = time.perf_counter() - t0
-        finite = [v for v in losses if not math.isnan(v)]
+        finite = [v for v in losses.values() if not math.isnan(v)]
         rec: dict[str, Any] = {
             "epoch": st.epoch, "step": st.global_step, "loss": float(np.mean(finite)) if finite else float("nan"),
             "epoch_time_s": elapsed, "train_batches": len(losses),
             **({"fill_histories_s": fill_s} if fill_s is not None else {}),
             **read_path_record(stats, elapsed, self.histories.bytes_written - written0), **ages.record()}
         if self.cfg.train.grad_clip > 0:
-            rec["grad_norm_last"] = self.last_grad_norm
+            rec["grad_norm_last"] = None if self.last_grad_norm is None else float(self.last_grad_norm)
         if self.dist.active:
             rec["world_size"] = self.dist.world_size
             rec["peer_lag_bound_steps"] = self.peer_lag_bound()
@@ -401,13 +436,14 @@ class Trainer:
 
         The batch of step j is gathered from the start of step j - d on (d = read-ahead
         depth).  Shared files: at the all-reduce of step i every rank's pushes up to i - 1
-        have landed, so that gather sees every push up to j - d - 2.  All-to-all: rows
+        have landed, so that gather sees every push up to j - d - 2 (one more step back when the
+        device copies a batch ahead: :attr:`lookahead`).  All-to-all: rows
         pushed at step i land on their readers at the end of step i + 1, the same bound.
         Lockstep (deterministic, shared files): pushes land for everyone before the next read.
         """
         if not self.dist.active or self.dist.lockstep:
             return 0
-        return min(self.cfg.io.prefetch, self.prefetch_depth) + 1
+        return min(self.cfg.io.prefetch, self.prefetch_depth) + 1 + self.lookahead
 
     def drain_exchange(self) -> None:
         """Land the halo exchange in flight (cross-host path): epoch ends and checkpoints."""
@@ -424,7 +460,7 @@ class Trainer:
         """
         return {"version": STATE_VERSION, "state": asdict(self.state), "model": copy.deepcopy(self.model.state_dict()),
                 "optimizer": copy.deepcopy(self.optimizer.state_dict()), "torch_rng": torch.get_rng_state(),
-                "staleness": self.policy.state_dict()}
+                "cuda_rng": cuda_rng_state(self.device), "staleness": self.policy.state_dict()}
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         if sd.get("version") != STATE_VERSION:
@@ -433,6 +469,7 @@ class Trainer:
         self.model.load_state_dict(sd["model"])
         self.optimizer.load_state_dict(sd["optimizer"])
         torch.set_rng_state(sd["torch_rng"])
+        set_cuda_rng_state(self.device, sd.get("cuda_rng"))
         if sd.get("staleness") is not None:
             self.policy.load_state_dict(sd["staleness"])
 
@@ -459,6 +496,8 @@ class Trainer:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+        if self._own_device:
+            self.devops.close()
         self._stop_releaser()
 
 

@@ -56,6 +56,10 @@ class PeerStopped(OocgnnError):
     quiet = True
 
 
+class DeviceMemoryError(OocgnnError, MemoryError):
+    """The GPU ran out of memory mid-run although the memory plan admitted the batch."""
+
+
 class DiskFullError(OocgnnError, OSError):
     """The disk filled up while writing; what was complete before is intact."""
 

@@ -29,11 +29,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="write the sweeps into the run's training histories (default: scratch tables)")
     p.add_argument("--predictions", type=Path,
                    help="also write predictions by original node id to this .npy file")
+    p.add_argument("--device", help="cpu or cuda[:N] (default: the run's --device): a run trained on a GPU "
+                   "evaluates on a CPU-only machine with --device cpu")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from oocgnn.config import load_config
+    from oocgnn.config import RunConfig, load_config, merge
     from oocgnn.train.evaluate import evaluate, export_predictions
     from oocgnn.runner import make_trainer
     from oocgnn.train.run import BEST_MODEL, CONFIG
@@ -44,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
     if not (run_dir / BEST_MODEL).exists():
         raise RunDirError(f"{run_dir} has no {BEST_MODEL}: training never finished an evaluation; train longer")
     cfg = load_config(run_dir / CONFIG)
+    if args.device is not None:  # where to compute changes no result's meaning (weights load onto it)
+        cfg = RunConfig.from_dict(merge(cfg.to_dict(), {"io": {"device": args.device}}))
     ds = open_dataset(args.data or cfg.data)
     trainer = make_trainer(ds, cfg, run_dir, caches=False)
     try:

@@ -11,21 +11,25 @@ resolved config goes to ``RUN/config.toml``; per-epoch metrics to
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from tqdm import tqdm
 
-from oocgnn.errors import ConfigError
+from oocgnn.errors import ConfigError, DeviceMemoryError
 from oocgnn.store.reader import open_dataset
 from oocgnn.train.dist import check_supported
 from oocgnn.config import RunConfig, load_toml, merge
 from oocgnn.utils.memory import current_rss, format_size
 
 log = logging.getLogger(__name__)
+
+#: ``CUBLAS_WORKSPACE_CONFIG`` under ``--deterministic`` on CUDA (the value PyTorch documents)
+CUBLAS_WORKSPACE = ":4096:8"
 
 #: flag dest -> (config section, key)
 FLAG_MAP = {
@@ -41,7 +45,7 @@ FLAG_MAP = {
     "staleness_bound": ("io", "staleness_bound"), "cache": ("io", "cache"), "cache_fraction": ("io", "cache_fraction"),
     "in_memory": ("io", "in_memory"),
     "io_engine": ("io", "io_engine"),
-    "stream_inference": ("io", "stream_inference"),
+    "stream_inference": ("io", "stream_inference"), "gpu_memory_budget": ("io", "gpu_memory_budget"),
     "eval_refresh": ("eval", "eval_refresh"), "eval_every": ("eval", "eval_every"),
     "method": ("staleness", "method"), "refresh_per_step": ("staleness", "refresh_per_step"),
     "rest_loop": ("staleness", "rest_loop"), "rest_is_uniform": ("staleness", "rest_is_uniform"),
@@ -93,7 +97,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="partitions per mini-batch; batches per epoch = partitions / this (default 1)")
     g.add_argument("--seed", type=int, help="seed of initialisation, dropout and the epoch plans (default 0)")
     g = p.add_argument_group("I/O and memory")
-    g.add_argument("--device", help="cpu or cuda[:N] (default cpu)")
+    g.add_argument("--device", help="cpu or cuda[:N]; with several ranks, cuda puts rank r on cuda:LOCAL_RANK "
+                   "(default cpu)")
+    g.add_argument("--gpu-memory-budget", help="GPU memory a CUDA run plans for, e.g. 20GB; a batch that cannot "
+                   "train in it is refused before the first step (default 90%% of the GPU memory free at start)")
     g.add_argument("--io-threads", type=int, help="threads gathering rows with --io-engine mmap or --in-memory (default "
                    "4); the default engine keeps 64 page reads in flight from one thread and does not use them")
     g.add_argument("--prefetch", type=int, help="batches read ahead into the staging ring; 0 = synchronous (default 2)")
@@ -235,12 +242,28 @@ def _check_ranks(args: argparse.Namespace, cfg: RunConfig) -> None:
         raise ConfigError(f"--dist-timeout must be > 0 seconds, got {args.dist_timeout}")
     world = max(args.nproc_per_node, int(os.environ.get("WORLD_SIZE", "1")))
     check_supported(cfg, world)
+    _check_device(args, cfg)
     if world == 1:  # options of several ranks would silently do nothing
         if args.halo_exchange != "auto":
             raise ConfigError(f"--halo-exchange {args.halo_exchange} needs several ranks (--nproc-per-node N or "
                               f"torchrun)")
         if args.dist_timeout is not None:
             raise ConfigError("--dist-timeout needs several ranks (--nproc-per-node N or torchrun)")
+
+
+def _check_device(args: argparse.Namespace, cfg: RunConfig) -> None:
+    """Refuse a ``--device`` this host cannot give every rank (one GPU each), before anything starts."""
+    if cfg.io.device == "cpu":
+        return
+    import torch
+
+    from oocgnn.device import rank_device
+
+    if args.nproc_per_node > 1:  # the launcher's ranks: the last one needs cuda:N-1
+        local, local_rank = args.nproc_per_node, args.nproc_per_node - 1
+    else:
+        local, local_rank = int(os.environ.get("LOCAL_WORLD_SIZE", "1")), int(os.environ.get("LOCAL_RANK", "0"))
+    rank_device(cfg.io.device, local_rank, local, torch.cuda.device_count() if torch.cuda.is_available() else 0)
 
 
 def _warn_inert(args: argparse.Namespace, cfg: RunConfig) -> None:
@@ -250,6 +273,29 @@ def _warn_inert(args: argparse.Namespace, cfg: RunConfig) -> None:
                     "flight itself (it applies to --io-engine mmap and --in-memory)", args.io_threads, cfg.io.io_engine)
     if args.cache_fraction is not None and cfg.io.cache == "none":
         log.warning("--cache-fraction %g has no effect with --cache none", args.cache_fraction)
+    if args.gpu_memory_budget is not None and not cfg.io.device.startswith("cuda"):
+        log.warning("--gpu-memory-budget %s has no effect with --device %s", args.gpu_memory_budget, cfg.io.device)
+
+
+@contextlib.contextmanager
+def device_errors(deterministic: bool, trainer: Any) -> Iterator[None]:
+    """The device's own failures as one line: out of GPU memory, an op without a deterministic kernel."""
+    import torch
+
+    try:
+        yield
+    except torch.OutOfMemoryError as exc:
+        plan = (getattr(trainer, "memory_plan", None) or {}).get("device") or {}
+        raise DeviceMemoryError(
+            f"{trainer.device} ran out of memory at step {trainer.state.global_step} although the memory plan expected "
+            f"{format_size(plan.get('need_bytes', 0))} of {format_size(plan.get('budget_bytes', 0))}: use fewer "
+            f"--parts-per-batch or a smaller --hidden (a new run: --overwrite or another --run-dir); checkpoints "
+            f"so far are intact ({str(exc).splitlines()[0][:120]})") from None
+    except RuntimeError as exc:
+        if deterministic and "deterministic" in str(exc):
+            raise ConfigError(f"--deterministic on {trainer.device}: {str(exc).splitlines()[0]}; drop "
+                              f"--deterministic to train with this model there") from None
+        raise
 
 
 def _finished(args: argparse.Namespace, cfg: RunConfig, ds: Any, world_size: int) -> bool:
@@ -271,6 +317,10 @@ def run(args: argparse.Namespace) -> int:
     from oocgnn.train.dist import DEFAULT_TIMEOUT_S, DistContext
 
     cfg = resolve_config(args)
+    if args.deterministic and cfg.io.device.startswith("cuda"):
+        # cuBLAS reads it when CUDA starts its handle: without it the first deterministic matmul fails.
+        # Set before any rank (or this process) touches CUDA; launched ranks inherit it
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
     _check_ranks(args, cfg)
     ds = open_dataset(args.data)
     if args.nproc_per_node > 1 and not _is_launched_rank():
@@ -328,7 +378,8 @@ def _train(args: argparse.Namespace, cfg: RunConfig, ds: Any, dist: Any) -> int:
         _warn_inert(args, cfg)
     try:
         session.attach(trainer)
-        summary = fit(trainer, tqdm_progress(args.progress), session)
+        with device_errors(args.deterministic, trainer):
+            summary = fit(trainer, tqdm_progress(args.progress), session)
     except Preempted as exc:
         if dist.is_main:
             log.warning("%s", exc)

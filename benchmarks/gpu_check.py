@@ -138,12 +138,16 @@ def train_worker(spec: dict) -> dict:
         dev.close()
 
 
+def _env() -> dict:
+    """Subprocesses import this checkout first, then what the wrapper installed (``PYTHONPATH``)."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
+
+
 def _worker(spec: dict, timeout: float) -> dict:
     t0 = time.perf_counter()
     try:
         r = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True,
-                           timeout=timeout, env=dict(os.environ, PYTHONPATH=os.pathsep.join(
-                               [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])))
+                           timeout=timeout, env=_env())
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
     if r.returncode != 0:
@@ -162,8 +166,7 @@ def _prepare(args: argparse.Namespace, store: Path) -> dict:
            "--edges", str(args.edges), "--features", str(args.features), "--classes", str(args.classes),
            "--partitions", str(args.partitions), "--partitioner", args.partitioner, "--out", str(store),
            "--no-progress"]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])))
+    r = subprocess.run(cmd, capture_output=True, text=True, env=_env())
     if r.returncode != 0:
         raise SystemExit(f"prepare failed: {r.stderr.strip().splitlines()[-1:]}")
     return {"prepare_s": time.perf_counter() - t0, "reused": False}
@@ -177,8 +180,7 @@ def _ranks(args: argparse.Namespace, store: Path, workdir: Path, timeout: float)
            "--no-progress", "--memory-budget", args.memory_budget, "--cache", "none"]
     t0 = time.perf_counter()
     try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=dict(
-            os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])))
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env())
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
     if r.returncode != 0:

@@ -19,7 +19,7 @@ import collections
 import logging
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -190,22 +190,24 @@ class _Push:
     ready: Any = None
     release: Callable[[], None] | None = None
     dtypes: list[Any] | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def materialize(self) -> None:
         """Wait for the device copy of the values, convert them to the table dtype, free the copy's buffers.
 
-        Called with the history lock held: by the write-behind thread before landing, by
-        :meth:`HistorySet.patch_rows`, and by the next push (by then the copy is long done).
+        By the write-behind thread before landing, by :meth:`HistorySet.patch_rows`, and by
+        the next push (by then the copy is long done); whichever comes first.
         """
-        if self.raw is None:
-            return
-        if self.ready is not None:
-            self.ready.synchronize()
-        self.values = [r.numpy().astype(dt, copy=True) for r, dt in zip(self.raw, self.dtypes)]
-        self.raw = self.ready = None
-        if self.release is not None:
-            self.release()
-            self.release = None
+        with self.lock:
+            if self.raw is None:
+                return
+            if self.ready is not None:
+                self.ready.synchronize()
+            self.values = [r.numpy().astype(dt, copy=True) for r, dt in zip(self.raw, self.dtypes)]
+            self.raw = self.ready = None
+            if self.release is not None:
+                self.release()
+                self.release = None
 
     def landed(self) -> None:
         """Drop what only landing needed: the values, and the ids when the ranges locate rows (the
@@ -313,8 +315,7 @@ class HistorySet:
             return p.seq
 
     def _land(self, p: _Push) -> None:
-        with self._cv:
-            p.materialize()
+        p.materialize()
         if self.journal is not None:
             self.journal.before_land(p.tables, p.ids)
         for t, v in zip(p.tables, p.values):

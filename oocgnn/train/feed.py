@@ -196,29 +196,3 @@ class PushStager:
                 self._cv.notify_all()
 
         return histories.push(host, ready=event, release=release, **kwargs)
-
-
-class LossLog:
-    """Losses of an epoch's steps, as device scalars: read on the host only where that costs no wait.
-
-    :meth:`latest` is the newest loss on a synchronous device, the one before on an
-    asynchronous one (its step is done once the next step's work is queued, so the host
-    does not stall the device); :meth:`values` reads them all at the epoch's end.
-    """
-
-    def __init__(self, device: Device) -> None:
-        self.lag = 1 if device.asynchronous else 0
-        self.items: list[torch.Tensor | None] = []
-
-    def append(self, loss: torch.Tensor | None) -> None:
-        self.items.append(loss)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def latest(self) -> float:
-        known = self.items[: len(self.items) - self.lag]
-        return float(known[-1]) if known and known[-1] is not None else float("nan")
-
-    def values(self) -> list[float]:
-        return [float("nan") if v is None else float(v) for v in self.items]

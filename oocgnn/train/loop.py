@@ -47,7 +47,7 @@ from oocgnn.config import RunConfig
 from oocgnn.train.dist import SINGLE, DistContext
 from oocgnn.train.metrics import AgeTally, read_path_record
 from oocgnn.train.exchange import HaloExchange
-from oocgnn.train.feed import DeviceFeed, LossLog, PatchStager, PushStager
+from oocgnn.train.feed import DeviceFeed, PatchStager, PushStager
 from oocgnn.train.optim import make_optimizer
 from oocgnn.train.policy import EpochPolicy, GASPolicy
 from oocgnn.utils.mapped import MappedPageReleaser
@@ -190,6 +190,7 @@ class Trainer:
         # device-side patches of halo rows and device-to-host pushes, through page-locked buffers
         self.patches = PatchStager(dev) if pin else None
         self.pushes = PushStager(dev, self.max_batch_rows, sum(self.model.history_channels) or 1) if pin else None
+        self._loss_host = dev.alloc_pinned(4).view(torch.float32) if pin else None
         log.info("staging ring: %d slots x %s (max %d rows, %d halo)", n_slots, format_size(per_slot),
                  self.max_rows, self.max_halo)
 
@@ -244,11 +245,12 @@ class Trainer:
         return self.cfg.io.prefetch > 0 and not self.dist.active and not self.devops.asynchronous
 
     # --------------------------------------------------------------- training
-    def train_step(self, batch: SubgraphBatch) -> torch.Tensor | None:
+    def train_step(self, batch: SubgraphBatch) -> float:
         """Forward, backward (task + policy loss), clipped Adam step on one batch, then push its rows.
 
-        Returns the loss, detached, on the compute device (``float()`` of it waits for the step on
-        CUDA), or None when the batch has no labelled node.
+        Returns the loss (NaN when the batch has no labelled node).  On an asynchronous device
+        the loss is copied to the host before backward is queued, and read (it must be finite
+        before the step changes the model) while the device runs the backward pass.
         """
         model, opt, policy = self.model, self.optimizer, self.policy
         model.train()
@@ -257,7 +259,7 @@ class Trainer:
         # positions taken on the host: boolean indexing on a device would wait for it to count them
         mask = batch.train_index if batch.train_index is not None else batch.train_mask
         labelled = batch.num_labelled if batch.num_labelled is not None else int(batch.train_mask.sum())
-        loss_value = None
+        loss_value = float("nan")
         with saved_storages():
             logits, pushes = model(batch)
             if labelled:
@@ -266,9 +268,10 @@ class Trainer:
             if batch.release_staging is not None:
                 batch.release_staging("all", [])  # the loader reads the next batch during backward
         if labelled:
+            read_loss = self._loss_reader(loss)
             (loss if extra is None else loss + extra).backward()
             policy.after_backward(batch, labelled)
-            loss_value = float(loss.detach())
+            loss_value = read_loss()
             if not math.isfinite(loss_value):
                 self._stop_non_finite(loss_value, batch)
         self._optimizer_step(labelled)
@@ -279,6 +282,18 @@ class Trainer:
         policy.after_train(batch, logits)
         self.state.global_step += 1
         return loss_value
+
+    def _loss_reader(self, loss: torch.Tensor) -> Callable[[], float]:
+        """``float(loss)`` later: on an asynchronous device its copy to the host is queued now, so reading it
+        after backward is queued waits for the forward pass only (the device stays busy with backward)."""
+        if self._loss_host is None:
+            return lambda: float(loss.detach())
+        event = self.devops.to_host_async(loss.detach().reshape(1), self._loss_host)
+
+        def read() -> float:
+            self.devops.synchronize(event)
+            return float(self._loss_host[0])
+        return read
 
     def _stop_non_finite(self, loss_value: float, batch: SubgraphBatch) -> None:
         """Stop before a NaN/inf gradient reaches the parameters: the checkpoints so far stay good.
@@ -381,7 +396,7 @@ class Trainer:
         begin_epoch_caches(self, [a.ranges for a in actions])
         written0 = self.histories.bytes_written
         pf = self.prefetcher([a.ranges for a in actions], loader)
-        losses = LossLog(self.devops)
+        losses: list[float] = []
         ages = AgeTally()
         for action, batch in zip(actions, pf):
             if action.kind == "train":
@@ -391,7 +406,7 @@ class Trainer:
                 self.refresh(batch)
             self.policy.advance(st, action)
             if on_batch is not None:
-                on_batch({"loss": losses.latest(), "io_wait_s": pf.stats.io_wait_s})
+                on_batch({"loss": losses[-1] if losses else float("nan"), "io_wait_s": pf.stats.io_wait_s})
         while st.position < self.batches_per_epoch and self.dist.active:  # this rank's share ran out
             self.idle_step()
             st.position += 1
@@ -408,7 +423,7 @@ class Trainer:
         stats = pf.stats
         self.last_stats = stats
         elapsed = time.perf_counter() - t0
-        finite = [v for v in losses.values() if not math.isnan(v)]
+        finite = [v for v in losses if not math.isnan(v)]
         rec: dict[str, Any] = {
             "epoch": st.epoch, "step": st.global_step, "loss": float(np.mean(finite)) if finite else float("nan"),
             "epoch_time_s": elapsed, "train_batches": len(losses),
